@@ -1,0 +1,58 @@
+"""The selective-inference engine: exact p-values for regions selected through a piecewise-linear model.
+
+Domain-free: it knows images as arrays and models as torch modules, nothing of MRI or DICOM.
+"""
+
+from medsi.si.baselines import bonferroni_p_value, permutation_p_value
+from medsi.si.covariance import Covariance, Dense, Diagonal, Isotropic, Stationary
+from medsi.si.events import check_region, connected_regions, event_flags, outer_boundary
+from medsi.si.line import LineEvaluator, LinePieces
+from medsi.si.linearity import (
+    DecisionRecorder,
+    check_piecewise_linear,
+    register_piecewise_linear_module,
+)
+from medsi.si.options import Alternative, Event, Termination
+from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
+from medsi.si.selective import SelectiveResult, SelectiveTest
+from medsi.si.truncnorm import (
+    log_selective_p_value,
+    log_standard_normal_mass,
+    naive_p_value,
+    selective_p_value,
+    selective_p_value_bounds,
+    truncated_normal_log_cdf,
+)
+
+__all__ = [
+    "Alternative",
+    "Covariance",
+    "DecisionRecorder",
+    "Dense",
+    "Diagonal",
+    "Event",
+    "Isotropic",
+    "LineEvaluator",
+    "LinePieces",
+    "SearchOutcome",
+    "SearchSettings",
+    "SelectiveResult",
+    "SelectiveTest",
+    "Stationary",
+    "Termination",
+    "bonferroni_p_value",
+    "check_piecewise_linear",
+    "check_region",
+    "connected_regions",
+    "event_flags",
+    "log_selective_p_value",
+    "log_standard_normal_mass",
+    "naive_p_value",
+    "outer_boundary",
+    "parametric_search",
+    "permutation_p_value",
+    "register_piecewise_linear_module",
+    "selective_p_value",
+    "selective_p_value_bounds",
+    "truncated_normal_log_cdf",
+]

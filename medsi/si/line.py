@@ -1,0 +1,244 @@
+"""Evaluate a piecewise-linear score along a line of images, K points at once.
+
+For points z_1..z_K on the line x(z) = a + b z, one batched forward pass with
+forward-mode AD (float64) gives, per point, the selected set {score > threshold}
+(within the mask) and the largest interval [L_k, U_k] around z_k on which every
+piecewise decision of the model and every threshold comparison is unchanged
+(DESIGN.md section 2). On that interval the selection is constant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from medsi.errors import ConfigError, InferenceError
+from medsi.si.linearity import DecisionRecorder, check_piecewise_linear, named_module_tracker
+
+__all__ = ["LineEvaluator", "LinePieces"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinePieces:
+    """What one batch of line points found.
+
+    Attributes
+    ----------
+    z
+        (K,) the points.
+    lower, upper
+        (K,) the interval of constant decisions around each point; ``lower <= z <= upper``,
+        infinite when no decision changes on that side.
+    selected
+        (K, H, W) bool, the selected set at each point.
+    degenerate
+        (K,) True where a decision lies exactly on its boundary at the point; that
+        point's interval is then only the point itself and must be evaluated again nearby.
+    """
+
+    z: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    selected: np.ndarray
+    degenerate: np.ndarray
+
+
+class LineEvaluator:
+    """Batched forward-AD evaluation of ``score(x) > threshold`` along lines.
+
+    Parameters
+    ----------
+    score
+        A torch module mapping images (B, 1, H, W) to a score map (B, 1, H, W) that is
+        piecewise linear in the images. It is checked with
+        :func:`~medsi.si.check_piecewise_linear` and run in float64 (a float64 copy is
+        made if its parameters are in another precision).
+    threshold
+        lambda: a pixel is selected when its score is strictly above it.
+    mask
+        (H, W) bool; pixels outside are never selected. ``None`` allows every pixel.
+    device
+        Where to run, e.g. ``"cpu"`` or ``"cuda"``; default: where the score's parameters are.
+
+    Raises
+    ------
+    NotPiecewiseLinearError
+        If the module is not piecewise linear.
+    ConfigError
+        If the threshold is not finite.
+    """
+
+    def __init__(
+        self,
+        score: nn.Module,
+        threshold: float,
+        mask: np.ndarray | None = None,
+        device: str | torch.device | None = None,
+    ):
+        check_piecewise_linear(score)
+        if not math.isfinite(float(threshold)):
+            raise ConfigError(
+                f'"threshold" must be a finite number, got {threshold!r}; pass e.g. 0.8.'
+            )
+        param = next(score.parameters(), None)
+        if device is None:
+            device = param.device if param is not None else "cpu"
+        self.device = torch.device(device)
+        if param is not None and (param.dtype != torch.float64 or param.device != self.device):
+            score = copy.deepcopy(score).to(device=self.device, dtype=torch.float64)
+        self.score = score
+        self.threshold = float(threshold)
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array, dtype=np.float64), device=self.device)
+
+    def _mask_tensor(self, shape) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        if self.mask.shape != tuple(shape):
+            raise ConfigError(
+                f'"mask" has shape {self.mask.shape} but the images are {tuple(shape)}; '
+                "pass a mask of the image's shape."
+            )
+        return torch.as_tensor(self.mask, device=self.device)
+
+    def _score(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.score(images.unsqueeze(1))
+        if out.dim() != 4 or out.shape[1] != 1 or out.shape[2:] != images.shape[1:]:
+            raise InferenceError(
+                f"the score module returned shape {tuple(out.shape)} for input "
+                f"{tuple(images.unsqueeze(1).shape)}; it must return (B, 1, H, W)."
+            )
+        return out[:, 0]
+
+    def select(self, images: np.ndarray) -> np.ndarray:
+        """Selected set of each image by a plain forward pass (no AD).
+
+        Parameters
+        ----------
+        images
+            (H, W) or (B, H, W) images.
+
+        Returns
+        -------
+        numpy.ndarray
+            bool, same shape as ``images``.
+        """
+        images = np.asarray(images, dtype=np.float64)
+        single = images.ndim == 2
+        batch = self._tensor(images[None] if single else images)
+        mask = self._mask_tensor(batch.shape[1:])
+        with torch.no_grad():
+            score = self._score(batch)
+        sel = score > self.threshold
+        if mask is not None:
+            sel &= mask
+        out = sel.cpu().numpy()
+        return out[0] if single else out
+
+    def score_map(self, images: np.ndarray) -> np.ndarray:
+        """The score of each image by a plain forward pass, (H, W) or (B, H, W)."""
+        images = np.asarray(images, dtype=np.float64)
+        single = images.ndim == 2
+        batch = self._tensor(images[None] if single else images)
+        with torch.no_grad():
+            out = self._score(batch).cpu().numpy()
+        return out[0] if single else out
+
+    def patterns(self, images: np.ndarray) -> np.ndarray:
+        """Every piecewise decision (and threshold comparison) of each image, for checks.
+
+        Parameters
+        ----------
+        images
+            (B, H, W) images.
+
+        Returns
+        -------
+        numpy.ndarray
+            (B, m) integer codes of the decisions; two images share all decisions
+            exactly when their rows are equal.
+        """
+        batch = self._tensor(images)
+        mask = self._mask_tensor(batch.shape[1:])
+        recorder = DecisionRecorder(batch.shape[0], self.device, record_patterns=True)
+        with torch.no_grad(), recorder:
+            score = self._score(batch)
+        above = score > self.threshold
+        if mask is not None:
+            above = above[:, mask]
+        parts = [p.to(torch.int64) for p in recorder.patterns] + [above.reshape(len(batch), -1)]
+        return torch.cat([p.cpu().to(torch.int64) for p in parts], dim=1).numpy()
+
+    def evaluate(self, a: np.ndarray, b: np.ndarray, z: np.ndarray) -> LinePieces:
+        """Selected sets and intervals of constant decisions at points of the line.
+
+        Parameters
+        ----------
+        a, b
+            (H, W) the line x(z) = a + b z in image space.
+        z
+            (K,) the points.
+
+        Returns
+        -------
+        LinePieces
+            Per point: the selection and the interval [lower, upper] around it.
+
+        Raises
+        ------
+        InferenceError
+            If the model returns non-finite values or an interval misses its point.
+        """
+        z = np.asarray(z, dtype=np.float64).reshape(-1)
+        k = len(z)
+        at, bt = self._tensor(a), self._tensor(b)
+        mask = self._mask_tensor(at.shape)
+        zt = self._tensor(z).view(k, 1, 1)
+        primal = at.unsqueeze(0) + bt.unsqueeze(0) * zt
+        tangent = bt.unsqueeze(0).expand(k, -1, -1).contiguous()
+        module_path, remove_hooks = named_module_tracker(self.score)
+        recorder = DecisionRecorder(k, self.device, module_path=module_path)
+        try:
+            with torch.no_grad(), fwAD.dual_level():
+                dual = fwAD.make_dual(primal, tangent)
+                with recorder:
+                    out = self._score(dual)
+                value, slope = fwAD.unpack_dual(out)
+                if slope is None:
+                    slope = torch.zeros_like(value)
+                q = value - self.threshold
+                if mask is not None:
+                    q, slope = q[:, mask], slope[:, mask]
+                recorder.bounds.constrain(q, slope)
+                selected = value > self.threshold
+                if mask is not None:
+                    selected &= mask
+        finally:
+            remove_hooks()
+        if not bool(torch.isfinite(value).all()):
+            raise InferenceError(
+                "the score module returned NaN or infinite values on the line; check the model "
+                "and the input images for non-finite values."
+            )
+        lower = z + recorder.lower.cpu().numpy()
+        upper = z + recorder.upper.cpu().numpy()
+        if np.isnan(lower).any() or np.isnan(upper).any() or (lower > z).any() or (upper < z).any():
+            raise InferenceError(
+                "an interval of constant decisions does not contain its point; the model may "
+                "not be piecewise linear or produced non-finite slopes."
+            )
+        return LinePieces(
+            z=z,
+            lower=lower,
+            upper=upper,
+            selected=selected.cpu().numpy(),
+            degenerate=recorder.degenerate.cpu().numpy(),
+        )

@@ -1,0 +1,337 @@
+"""The selective test of a region found by a piecewise-linear score (DESIGN.md sections 1-2).
+
+A test image x and a reference image r (independent noise, covariances S and S_R) are
+stacked as Y = [x; r]. For a region C of the selected set O(x) = {score(x) > lambda},
+the statistic is eta^T Y = mean_C(x) - mean_C(r), with sigma^2 = eta^T Xi eta and
+Xi = blockdiag(S, S_R). Along the line Y(z) = a + b z (b = Xi eta / sigma^2) the
+selection event holds on a union of intervals Z; the selective p-value is the
+truncated-normal tail of the observed z on Z.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from torch import nn
+
+from medsi.errors import ConfigError
+from medsi.si import events as ev
+from medsi.si.baselines import bonferroni_p_value, permutation_p_value
+from medsi.si.covariance import Covariance, Isotropic
+from medsi.si.line import LineEvaluator
+from medsi.si.options import Alternative, Event, Termination, coerce_option
+from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
+from medsi.si.truncnorm import naive_p_value, selective_p_value
+
+__all__ = ["SelectiveTest", "SelectiveResult"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectiveResult:
+    """The outcome of one selective test, with its provenance.
+
+    Attributes
+    ----------
+    statistic
+        Observed eta^T [x; r]: mean over the region of x minus that of the reference.
+    sigma
+        Null standard deviation of the statistic, sqrt(eta^T Xi eta).
+    event
+        The event whose p-value is ``p_selective``.
+    p_selective
+        Selective p-value under ``event``.
+    p_full, p_component
+        Selective p-values under the two events (both from one search).
+    p_bounds
+        (lower, upper) bounds of ``p_selective`` given the unsearched parts of the line.
+    p_bounds_full, p_bounds_component
+        The same for each event.
+    p_oc
+        Over-conditioned p-value (truncation to the piece containing the statistic).
+    p_naive
+        Untruncated p-value (invalid after selection; for comparison).
+    p_bonferroni
+        Bonferroni over 2^n regions.
+    p_permutation
+        Permutation p-value, or ``None`` unless permutations were asked for.
+    intervals
+        Truncation set of ``event`` as (m, 2) intervals in the statistic's scale.
+    intervals_full, intervals_component
+        Truncation sets of each event.
+    oc_interval
+        (2,) the piece of constant decisions containing the statistic.
+    evaluations
+        Model evaluations (line points) the search spent.
+    region
+        (H, W) bool, the tested region.
+    alternative, termination
+        Options used.
+    settings
+        The search settings and test options, for the record.
+    """
+
+    statistic: float
+    sigma: float
+    event: Event
+    p_selective: float
+    p_full: float
+    p_component: float
+    p_bounds: tuple[float, float]
+    p_bounds_full: tuple[float, float]
+    p_bounds_component: tuple[float, float]
+    p_oc: float
+    p_naive: float
+    p_bonferroni: float
+    p_permutation: float | None
+    intervals: np.ndarray
+    intervals_full: np.ndarray
+    intervals_component: np.ndarray
+    oc_interval: np.ndarray
+    evaluations: int
+    region: np.ndarray
+    alternative: Alternative
+    termination: Termination
+    settings: dict
+
+    def reject(self, alpha: float = 0.05) -> bool:
+        """Whether the selective p-value is below ``alpha``."""
+        return self.p_selective < alpha
+
+
+class SelectiveTest:
+    """Selective test of regions selected by ``score(x) > threshold``.
+
+    Parameters
+    ----------
+    score
+        Torch module mapping (B, 1, H, W) images to (B, 1, H, W) scores, piecewise
+        linear in the images (e.g. the averaged absolute difference between an image and
+        its diffusion reconstruction). Checked before use.
+    threshold
+        lambda; pixels with a score strictly above it are selected.
+    covariance
+        Noise covariance S of the test image.
+    reference_covariance
+        Noise covariance S_R of the reference image; default: the same as ``covariance``.
+    mask
+        (H, W) bool, pixels that may be selected (e.g. the brain); default all.
+    connectivity
+        Neighbourhood defining connected regions: 1 (faces) or 2 (with corners).
+    device
+        Torch device for the model; default where its parameters are.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from medsi.si import SelectiveTest, Isotropic
+    >>> score = torch.nn.Conv2d(1, 1, 1, bias=False)
+    >>> _ = torch.nn.init.ones_(score.weight)
+    >>> test = SelectiveTest(score, threshold=2.0, covariance=Isotropic(1.0))
+    >>> x = np.zeros((4, 4)); x[1, 1] = 3.0
+    >>> res = test.run(x, np.zeros((4, 4)))
+    >>> round(res.statistic, 6), res.evaluations >= 1
+    (3.0, True)
+    """
+
+    def __init__(
+        self,
+        score: nn.Module,
+        threshold: float,
+        covariance: Covariance | None = None,
+        reference_covariance: Covariance | None = None,
+        mask: np.ndarray | None = None,
+        connectivity: int = 1,
+        device=None,
+    ):
+        self.covariance = Isotropic(1.0) if covariance is None else covariance
+        self.reference_covariance = (
+            self.covariance if reference_covariance is None else reference_covariance
+        )
+        for name, cov in (("covariance", self.covariance),
+                          ("reference_covariance", self.reference_covariance)):
+            if not isinstance(cov, Covariance):
+                raise TypeError(f'"{name}" must be a medsi.si Covariance, got {type(cov).__name__}')
+        self.evaluator = LineEvaluator(score, threshold, mask=mask, device=device)
+        self.threshold = float(threshold)
+        self.mask = None if mask is None else np.asarray(mask, bool)
+        self.connectivity = int(connectivity)
+
+    def select(self, x: np.ndarray) -> np.ndarray:
+        """The selected set of an image (H, W) or a batch (B, H, W)."""
+        return self.evaluator.select(x)
+
+    def regions(self, x: np.ndarray) -> list[np.ndarray]:
+        """Connected components of the selected set of x, largest first."""
+        return ev.connected_regions(self.select(x), self.connectivity)
+
+    def _check_images(self, x, reference) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        reference = np.asarray(reference, dtype=np.float64)
+        if x.ndim != 2 or reference.shape != x.shape:
+            raise ConfigError(
+                f"the test and reference images must be 2-D of one shape, got {x.shape} and "
+                f"{reference.shape}; pass (H, W) arrays."
+            )
+        if not (np.isfinite(x).all() and np.isfinite(reference).all()):
+            raise ConfigError(
+                "the test or reference image holds NaN or infinite values; replace them "
+                "(e.g. mask them out) before testing."
+            )
+        self.covariance.check_shape(x.shape)
+        self.reference_covariance.check_shape(x.shape)
+        return x, reference
+
+    def run(
+        self,
+        x: np.ndarray,
+        reference: np.ndarray,
+        region: np.ndarray | None = None,
+        event: Event | str = Event.FULL,
+        termination: Termination | str = Termination.EXHAUSTIVE,
+        alternative: Alternative | str = Alternative.TWO_SIDED,
+        alpha: float = 0.05,
+        precision: float = 1e-3,
+        batch_size: int = 32,
+        max_evaluations: int = 200_000,
+        permutations: int = 0,
+        seed: int = 0,
+    ) -> SelectiveResult:
+        """Test one region of the selected set of ``x`` against ``reference``.
+
+        Parameters
+        ----------
+        x, reference
+            (H, W) test and reference images (float).
+        region
+            (H, W) bool, a union of connected components of the selected set; ``None``
+            tests the whole selected set, as the paper does.
+        event
+            ``"full"`` or ``"component"``: which event ``p_selective`` conditions on
+            (both are always computed).
+        termination
+            ``"exhaustive"``, ``"precision"`` or ``"decision"``.
+        alternative
+            ``"two-sided"``, ``"greater"`` (region brighter than the reference) or ``"less"``.
+        alpha
+            Significance level for ``termination="decision"``.
+        precision
+            Width of the p bounds for ``termination="precision"``.
+        batch_size
+            Line points per batched model evaluation.
+        max_evaluations
+            Budget of model evaluations.
+        permutations
+            Number of permutations for ``p_permutation`` (0: skip).
+        seed
+            Seed of the permutations.
+
+        Returns
+        -------
+        SelectiveResult
+            p-values of every kind, bounds, truncation sets and evaluation count.
+
+        Raises
+        ------
+        ConfigError
+            If the images or the region are unusable, or nothing is selected.
+        InferenceError
+            If the search breaks a guard rail or runs over budget.
+        """
+        event = coerce_option(Event, event, "event")
+        settings = SearchSettings(
+            termination=termination,
+            alternative=alternative,
+            alpha=alpha,
+            precision=precision,
+            batch_size=batch_size,
+            max_evaluations=max_evaluations,
+        )
+        x, reference = self._check_images(x, reference)
+        observed = self.select(x)
+        if region is None:
+            if not observed.any():
+                raise ConfigError(
+                    "nothing is selected in this image (no score above the threshold), so "
+                    "there is no region to test; a scan without findings needs no p-value."
+                )
+            region = observed
+        boundary = ev.check_region(region, observed, self.connectivity)
+        region = np.asarray(region, bool)
+
+        size = int(region.sum())
+        eta = region / size  # eta_x = 1_C/|C|, eta_r = -1_C/|C|
+        s_eta_x = self.covariance.apply(eta)
+        s_eta_r = -self.reference_covariance.apply(eta)
+        variance = float((eta * s_eta_x).sum() - (eta * s_eta_r).sum())
+        if not variance > 0:
+            raise ConfigError(
+                f"the statistic's variance eta^T Xi eta is {variance}, not positive; check "
+                "the covariance models."
+            )
+        sigma = float(np.sqrt(variance))
+        statistic = float(x[region].mean() - reference[region].mean())
+        b_x = s_eta_x / variance
+        a_x = x - b_x * statistic
+
+        def evaluate(z: np.ndarray):
+            pieces = self.evaluator.evaluate(a_x, b_x, z)
+            flags = ev.event_flags(pieces.selected, observed, region, boundary)
+            return pieces.lower, pieces.upper, flags, pieces.degenerate
+
+        outcome: SearchOutcome = parametric_search(evaluate, statistic, sigma, settings)
+        alt = settings.alternative
+        p_naive = naive_p_value(statistic, sigma, alternative=alt)
+        n_pixels = int(x.size if self.mask is None else self.mask.sum())
+        p_perm = None
+        if permutations:
+            whole = np.array_equal(region, observed)
+            p_perm = permutation_p_value(
+                self.select, x, reference, statistic, permutations,
+                np.random.default_rng(seed), alternative=alt, mask=self.mask,
+                per_component=None if whole else self.connectivity,
+            )
+        index = {Event.FULL: 0, Event.COMPONENT: 1}[event]
+        bounds = [(float(lo), float(hi)) for lo, hi in zip(outcome.p_lower, outcome.p_upper,
+                                                          strict=True)]
+        return SelectiveResult(
+            statistic=statistic,
+            sigma=sigma,
+            event=event,
+            p_selective=float(outcome.p_values[index]),
+            p_full=float(outcome.p_values[0]),
+            p_component=float(outcome.p_values[1]),
+            p_bounds=bounds[index],
+            p_bounds_full=bounds[0],
+            p_bounds_component=bounds[1],
+            p_oc=selective_p_value(
+                outcome.observed_piece[None], statistic, sigma, alternative=alt
+            ),
+            p_naive=p_naive,
+            p_bonferroni=bonferroni_p_value(p_naive, n_pixels),
+            p_permutation=p_perm,
+            intervals=outcome.truncation_sets[index],
+            intervals_full=outcome.truncation_sets[0],
+            intervals_component=outcome.truncation_sets[1],
+            oc_interval=outcome.observed_piece,
+            evaluations=outcome.evaluations,
+            region=region,
+            alternative=alt,
+            termination=settings.termination,
+            settings={
+                "threshold": self.threshold,
+                "connectivity": self.connectivity,
+                "termination": settings.termination.value,
+                "alternative": alt.value,
+                "alpha": settings.alpha,
+                "precision": settings.precision,
+                "batch_size": settings.batch_size,
+                "max_evaluations": settings.max_evaluations,
+                "permutations": permutations,
+                "seed": seed,
+                "batches": outcome.batches,
+                "covariance": repr(self.covariance),
+                "reference_covariance": repr(self.reference_covariance),
+            },
+        )
+
