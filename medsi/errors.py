@@ -1,4 +1,4 @@
-"""The exception tree of medsi: every error the package raises on purpose derives from MedsiError."""
+"""The exception tree of medsi: every error it raises on purpose derives from MedsiError."""
 
 __all__ = [
     "MedsiError",

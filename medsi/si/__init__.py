@@ -1,4 +1,4 @@
-"""The selective-inference engine: exact p-values for regions selected through a piecewise-linear model.
+"""The selective-inference engine: exact p-values for regions found by a piecewise-linear model.
 
 Domain-free: it knows images as arrays and models as torch modules, nothing of MRI or DICOM.
 """

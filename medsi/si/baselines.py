@@ -104,9 +104,7 @@ def permutation_p_value(
     """
     alternative = coerce_option(Alternative, alternative, "alternative")
     if n_permutations < 1:
-        raise ConfigError(
-            f'"n_permutations" must be >= 1, got {n_permutations}; pass e.g. 1000.'
-        )
+        raise ConfigError(f'"n_permutations" must be >= 1, got {n_permutations}; pass e.g. 1000.')
     max_redraws = 10 * n_permutations if max_redraws is None else max_redraws
     region = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
     pooled = np.concatenate([x[region], reference[region]])

@@ -55,7 +55,9 @@ def outer_boundary(region: np.ndarray, connectivity: int = 1) -> np.ndarray:
 
 def connected_regions(selected: np.ndarray, connectivity: int = 1) -> list[np.ndarray]:
     """The connected components of a selected set, largest first, as bool masks."""
-    labels, count = ndimage.label(np.asarray(selected, bool), _structure(selected.ndim, connectivity))
+    labels, count = ndimage.label(
+        np.asarray(selected, bool), _structure(selected.ndim, connectivity)
+    )
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     return [labels == (i + 1) for i in order]

@@ -45,19 +45,49 @@ __all__ = [
 
 # Leaf module types whose forward is piecewise linear in the input (containers are walked).
 PIECEWISE_LINEAR_MODULES: set[type[nn.Module]] = {
-    nn.Conv1d, nn.Conv2d, nn.Conv3d,
-    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.Linear, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardtanh,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.MaxPool1d, nn.MaxPool2d,
-    nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d,
-    nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.Upsample,
+    nn.UpsamplingBilinear2d,
+    nn.UpsamplingNearest2d,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ZeroPad2d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
 }
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -182,10 +212,15 @@ _LINEAR_ANY = frozenset(
 )
 # Weight/bias roles that must not depend on z.
 _LINEAR_CONSTANT_ROLES: dict[str, tuple[tuple[int, str], ...]] = {
-    "conv1d": ((1, "weight"),), "conv2d": ((1, "weight"),), "conv3d": ((1, "weight"),),
-    "conv_transpose1d": ((1, "weight"),), "conv_transpose2d": ((1, "weight"),),
-    "conv_transpose3d": ((1, "weight"),), "linear": ((1, "weight"),),
-    "masked_fill": ((1, "mask"),), "where": ((0, "condition"),),
+    "conv1d": ((1, "weight"),),
+    "conv2d": ((1, "weight"),),
+    "conv3d": ((1, "weight"),),
+    "conv_transpose1d": ((1, "weight"),),
+    "conv_transpose2d": ((1, "weight"),),
+    "conv_transpose3d": ((1, "weight"),),
+    "linear": ((1, "weight"),),
+    "masked_fill": ((1, "mask"),),
+    "where": ((0, "condition"),),
 }
 # Products: linear only when at most one factor depends on z.
 _PRODUCTS = frozenset(
@@ -308,8 +343,15 @@ class DecisionRecorder(TorchFunctionMode):
                     self._refuse(name, f"has a {role} that depends on the input")
             if name == "interpolate":
                 mode = _arg(args, kwargs, 2, "mode", "nearest")
-                if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "bicubic",
-                                "trilinear", "area"):
+                if mode not in (
+                    "nearest",
+                    "nearest-exact",
+                    "linear",
+                    "bilinear",
+                    "bicubic",
+                    "trilinear",
+                    "area",
+                ):
                     self._refuse(name, f"uses mode {mode!r}")
         else:
             self._refuse(name, "is not linear or piecewise linear in the input")
@@ -345,11 +387,28 @@ class DecisionRecorder(TorchFunctionMode):
     def _record_piecewise(self, name: str, args: tuple, kwargs: dict) -> None:
         x = _arg(args, kwargs, 0, "input")
         xp, xt = _primal(x), _tangent(x)
-        if name in ("relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "abs", "abs_",
-                    "absolute"):
+        if name in (
+            "relu",
+            "relu_",
+            "leaky_relu",
+            "leaky_relu_",
+            "prelu",
+            "abs",
+            "abs_",
+            "absolute",
+        ):
             self._constrain(xp, xt)
-        elif name in ("clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_max", "hardtanh",
-                      "hardtanh_", "relu6"):
+        elif name in (
+            "clamp",
+            "clamp_",
+            "clip",
+            "clip_",
+            "clamp_min",
+            "clamp_max",
+            "hardtanh",
+            "hardtanh_",
+            "relu6",
+        ):
             self._record_clamp(name, args, kwargs, xp, xt)
         elif name in ("maximum", "minimum", "fmax", "fmin"):
             other = _arg(args, kwargs, 1, "other")
@@ -428,23 +487,25 @@ def _difference(a_dot, b_dot, like: torch.Tensor):
 
 
 def _pool_windows(xp, xt, kernel, stride, padding, dilation):
-    """Windows of a 2-D max pooling as (N, C, k*k, L), padded with -inf (tangent 0)."""
-    n, c = xp.shape[:2]
-    pad = _pair(padding)
-    if any(pad):
-        xp = F.pad(xp, (pad[1], pad[1], pad[0], pad[0]), value=-math.inf)
-        xt = None if xt is None else F.pad(xt, (pad[1], pad[1], pad[0], pad[0]), value=0.0)
-    opts = dict(kernel_size=_pair(kernel), dilation=_pair(dilation), stride=_pair(stride))
-    # unfold multiplies by one-hot kernels; -inf * 0 would give NaN, so unfold finite data.
-    finite = torch.isfinite(xp)
-    values = F.unfold(torch.where(finite, xp, 0.0).flatten(0, 1).unsqueeze(1), **opts)
-    is_pad = F.unfold((~finite).to(xp.dtype).flatten(0, 1).unsqueeze(1), **opts) > 0
-    values = torch.where(is_pad, -math.inf, values).reshape(n, c, -1, values.shape[-1])
-    tangents = None
-    if xt is not None:
-        tangents = F.unfold(xt.flatten(0, 1).unsqueeze(1), **opts)
-        tangents = tangents.reshape(n, c, -1, values.shape[-1])
-    return values, tangents
+    """Windows of a 2-D max pooling as (N, C, kh*kw, oh*ow), padded with -inf (tangent 0)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        _pair(kernel),
+        _pair(stride),
+        _pair(padding),
+        _pair(dilation),
+    )
+    if ph or pw:
+        xp = F.pad(xp, (pw, pw, ph, ph), value=-math.inf)
+        xt = None if xt is None else F.pad(xt, (pw, pw, ph, ph), value=0.0)
+
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        # Tensor.unfold makes strided views, far cheaper than im2col for pooling.
+        w = t.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
+        w = w[..., ::dh, ::dw]  # (N, C, oh, ow, kh, kw)
+        n, c, oh, ow = w.shape[:4]
+        return w.reshape(n, c, oh * ow, kh * kw).transpose(2, 3)
+
+    return windows(xp), None if xt is None else windows(xt)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from medsi.errors import ConfigError
 __all__ = ["Alternative", "Event", "Termination", "coerce_option"]
 
 
-class Alternative(str, enum.Enum):
+class Alternative(enum.StrEnum):
     """Which deviation of the statistic counts as evidence against the null hypothesis."""
 
     TWO_SIDED = "two-sided"
@@ -15,7 +15,7 @@ class Alternative(str, enum.Enum):
     LESS = "less"
 
 
-class Event(str, enum.Enum):
+class Event(enum.StrEnum):
     """The conditioning event of the selective test (DESIGN.md section 1).
 
     ``FULL``: the selected set is exactly the observed one on every slice the line moves.
@@ -26,7 +26,7 @@ class Event(str, enum.Enum):
     COMPONENT = "component"
 
 
-class Termination(str, enum.Enum):
+class Termination(enum.StrEnum):
     """When the parametric search may stop (DESIGN.md section 2)."""
 
     EXHAUSTIVE = "exhaustive"

@@ -149,15 +149,28 @@ def _log_mass(lower: np.ndarray, upper: np.ndarray, sigma: float) -> np.ndarray:
     return log_standard_normal_mass(np.asarray(lower) / sigma, np.asarray(upper) / sigma)
 
 
+def _split_masses(intervals: np.ndarray, z_obs: float, sigma: float):
+    """Per interval, log null masses of its parts below and above z_obs: two (m,) arrays."""
+    if not len(intervals):
+        return np.empty(0), np.empty(0)
+    lo, hi = intervals[:, 0], intervals[:, 1]
+    below = np.full(len(lo), -np.inf)
+    above = np.full(len(lo), -np.inf)
+    has_below = lo < z_obs
+    has_above = hi > z_obs
+    if has_below.any():
+        below[has_below] = _log_mass(lo[has_below], np.minimum(hi[has_below], z_obs), sigma)
+    if has_above.any():
+        above[has_above] = _log_mass(np.maximum(lo[has_above], z_obs), hi[has_above], sigma)
+    return below, above
+
+
 def _side_masses(sets: np.ndarray, z_obs: float, sigma: float) -> tuple[float, float]:
     """Log null masses of a union below and above z_obs."""
-    if not len(sets):
+    below, above = _split_masses(sets, z_obs, sigma)
+    if not len(below):
         return -np.inf, -np.inf
-    below = iv.intersect(sets, [[-np.inf, z_obs]])
-    above = iv.intersect(sets, [[z_obs, np.inf]])
-    lb = special.logsumexp(_log_mass(below[:, 0], below[:, 1], sigma)) if len(below) else -np.inf
-    la = special.logsumexp(_log_mass(above[:, 0], above[:, 1], sigma)) if len(above) else -np.inf
-    return float(lb), float(la)
+    return float(special.logsumexp(below)), float(special.logsumexp(above))
 
 
 def _quantiles_in_gap(lower: float, upper: float, fractions: np.ndarray, sigma: float):
@@ -315,10 +328,7 @@ def parametric_search(
 def _p_values(sets, unknown, z_obs, sigma, alternative):
     p = np.array([selective_p_value(s, z_obs, sigma, alternative=alternative) for s in sets])
     bounds = np.array(
-        [
-            selective_p_value_bounds(s, unknown, z_obs, sigma, alternative=alternative)
-            for s in sets
-        ]
+        [selective_p_value_bounds(s, unknown, z_obs, sigma, alternative=alternative) for s in sets]
     )
     return p, bounds[:, 0], bounds[:, 1]
 
@@ -360,10 +370,8 @@ def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max):
     if not len(gaps) or len(points) >= k_max:
         return np.array(points), np.array(directions)
     a_below, a_above = _side_masses(in_set, z_obs, sigma)
-    weights = np.empty(len(gaps))
-    for i, (lo, hi) in enumerate(gaps):
-        m_below, m_above = _side_masses(np.array([[lo, hi]]), z_obs, sigma)
-        weights[i] = np.logaddexp(m_below - a_below, m_above - a_above)
+    m_below, m_above = _split_masses(gaps, z_obs, sigma)
+    weights = np.logaddexp(m_below - a_below, m_above - a_above)
     order = np.argsort(-weights, kind="stable")
     step = _STEP * np.maximum(_scale(gaps[:, 0], sigma), _scale(gaps[:, 1], sigma))
     # Fronts: both ends of each gap (one point in the middle of a very narrow gap).
@@ -401,16 +409,18 @@ def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max):
 
 
 def _mark_stalled_gaps(gaps, new_pieces, points, unresolvable, sigma) -> None:
-    """A narrow gap whose point did not shrink it is left open for good, and counted in bounds."""
-    for point in points:
-        inside = (gaps[:, 0] < point) & (point < gaps[:, 1])
-        if not inside.any():
+    """A narrow gap whose point did not shrink it is left open for good, and counted in bounds.
+
+    Each point lies strictly inside its gap, so its piece covers part of the gap unless
+    the piece has zero length.
+    """
+    flat = new_pieces[:, 1] <= new_pieces[:, 0]
+    for point in points[flat]:
+        inside = np.flatnonzero((gaps[:, 0] < point) & (point < gaps[:, 1]))
+        if not len(inside):
             continue
-        g = gaps[np.flatnonzero(inside)[0]]
-        covered = iv.intersect(new_pieces, [g])
-        if iv.length(covered) > 0:
-            continue
-        scale = max(float(_scale(np.array([g[0]]), sigma)[0]), float(_scale(np.array([g[1]]), sigma)[0]))
+        g = gaps[inside[0]]
+        scale = float(max(_scale(g, sigma)))
         if g[1] - g[0] > 4 * _STEP * scale:
             raise InferenceError(
                 f"the search stalled: evaluating z={point} did not cover any of the gap "

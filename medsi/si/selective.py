@@ -148,8 +148,10 @@ class SelectiveTest:
         self.reference_covariance = (
             self.covariance if reference_covariance is None else reference_covariance
         )
-        for name, cov in (("covariance", self.covariance),
-                          ("reference_covariance", self.reference_covariance)):
+        for name, cov in (
+            ("covariance", self.covariance),
+            ("reference_covariance", self.reference_covariance),
+        ):
             if not isinstance(cov, Covariance):
                 raise TypeError(f'"{name}" must be a medsi.si Covariance, got {type(cov).__name__}')
         self.evaluator = LineEvaluator(score, threshold, mask=mask, device=device)
@@ -287,13 +289,20 @@ class SelectiveTest:
         if permutations:
             whole = np.array_equal(region, observed)
             p_perm = permutation_p_value(
-                self.select, x, reference, statistic, permutations,
-                np.random.default_rng(seed), alternative=alt, mask=self.mask,
+                self.select,
+                x,
+                reference,
+                statistic,
+                permutations,
+                np.random.default_rng(seed),
+                alternative=alt,
+                mask=self.mask,
                 per_component=None if whole else self.connectivity,
             )
         index = {Event.FULL: 0, Event.COMPONENT: 1}[event]
-        bounds = [(float(lo), float(hi)) for lo, hi in zip(outcome.p_lower, outcome.p_upper,
-                                                          strict=True)]
+        bounds = [
+            (float(lo), float(hi)) for lo, hi in zip(outcome.p_lower, outcome.p_upper, strict=True)
+        ]
         return SelectiveResult(
             statistic=statistic,
             sigma=sigma,
@@ -304,9 +313,7 @@ class SelectiveTest:
             p_bounds=bounds[index],
             p_bounds_full=bounds[0],
             p_bounds_component=bounds[1],
-            p_oc=selective_p_value(
-                outcome.observed_piece[None], statistic, sigma, alternative=alt
-            ),
+            p_oc=selective_p_value(outcome.observed_piece[None], statistic, sigma, alternative=alt),
             p_naive=p_naive,
             p_bonferroni=bonferroni_p_value(p_naive, n_pixels),
             p_permutation=p_perm,
@@ -334,4 +341,3 @@ class SelectiveTest:
                 "reference_covariance": repr(self.reference_covariance),
             },
         )
-
