@@ -37,10 +37,26 @@ def _mask(shape, *pixels):
         ((5, 5), [], 1, 0),
         ((3, 3), [(i, j) for i in range(3) for j in range(3)], 2, 0),
     ],
-    ids=["2d_centre_c1", "2d_centre_c2", "2d_corner_c1", "2d_corner_c2", "2d_edge_c1",
-         "2d_edge_c2", "2d_block_c1", "2d_block_c2", "2d_two_diagonal_c1",
-         "2d_two_diagonal_c2", "3d_centre_c1", "3d_centre_c2", "3d_centre_c3",
-         "3d_corner_c1", "3d_corner_c2", "3d_corner_c3", "empty", "whole_image"],
+    ids=[
+        "2d_centre_c1",
+        "2d_centre_c2",
+        "2d_corner_c1",
+        "2d_corner_c2",
+        "2d_edge_c1",
+        "2d_edge_c2",
+        "2d_block_c1",
+        "2d_block_c2",
+        "2d_two_diagonal_c1",
+        "2d_two_diagonal_c2",
+        "3d_centre_c1",
+        "3d_centre_c2",
+        "3d_centre_c3",
+        "3d_corner_c1",
+        "3d_corner_c2",
+        "3d_corner_c3",
+        "empty",
+        "whole_image",
+    ],
 )
 def test_outer_boundary_counts(shape, pixels, connectivity, count):
     region = _mask(shape, *pixels)
@@ -53,16 +69,8 @@ def test_outer_boundary_counts(shape, pixels, connectivity, count):
 @pytest.mark.parametrize(
     "connectivity, expected",
     [
-        (1, [[0, 0, 0, 0, 0],
-             [0, 0, 1, 0, 0],
-             [0, 1, 0, 1, 0],
-             [0, 0, 1, 0, 0],
-             [0, 0, 0, 0, 0]]),
-        (2, [[0, 0, 0, 0, 0],
-             [0, 1, 1, 1, 0],
-             [0, 1, 0, 1, 0],
-             [0, 1, 1, 1, 0],
-             [0, 0, 0, 0, 0]]),
+        (1, [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]]),
+        (2, [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 0, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]),
     ],
     ids=["faces", "faces_and_corners"],
 )
@@ -94,8 +102,12 @@ def test_outer_boundary_accepts_integer_masks():
         ((4, 4), 3, r'"connectivity" must be an integer in 1\.\.2 for 2-D images, got 3'),
         ((4, 4), -1, r"in 1\.\.2 for 2-D images, got -1"),
         ((4, 4), "2", r"in 1\.\.2 for 2-D images, got '2'"),
-        ((4, 4, 4), 4, r'"connectivity" must be an integer in 1\.\.3 for 3-D images, got 4; '
-                       r"pass 1 \(faces\) or 3"),
+        (
+            (4, 4, 4),
+            4,
+            r'"connectivity" must be an integer in 1\.\.3 for 3-D images, got 4; '
+            r"pass 1 \(faces\) or 3",
+        ),
     ],
     ids=["zero", "too_large_2d", "negative", "string", "too_large_3d"],
 )
@@ -248,25 +260,54 @@ def _with_unselected(obs):
 @pytest.mark.parametrize(
     "make_region, kwargs, match",
     [
-        (lambda obs: np.zeros_like(obs), {},
-         r'"region" is empty; pass a mask with at least one selected pixel\.'),
-        (lambda obs: np.zeros((7, 8), bool), {},
-         r'"region" has shape \(7, 8\) but the image is \(8, 8\); pass a mask of the image'),
-        (lambda obs: np.ones((8, 8, 1), bool), {},
-         r'"region" has shape \(8, 8, 1\) but the image is \(8, 8\)'),
-        (_with_unselected, {},
-         r'"region" has 1 pixels that the model did not select; pass one of the connected'),
+        (
+            lambda obs: np.zeros_like(obs),
+            {},
+            r'"region" is empty; pass a mask with at least one selected pixel\.',
+        ),
+        (
+            lambda obs: np.zeros((7, 8), bool),
+            {},
+            r'"region" has shape \(7, 8\) but the image is \(8, 8\); pass a mask of the image',
+        ),
+        (
+            lambda obs: np.ones((8, 8, 1), bool),
+            {},
+            r'"region" has shape \(8, 8, 1\) but the image is \(8, 8\)',
+        ),
+        (
+            _with_unselected,
+            {},
+            r'"region" has 1 pixels that the model did not select; pass one of the connected',
+        ),
         (lambda obs: ~obs, {}, r'"region" has 55 pixels that the model did not select'),
-        (_partial, {},
-         r'"region" is only part of a connected component of the selected set; pass whole '
-         r"components \(see medsi\.si\.connected_regions\)\."),
-        (lambda obs: _component(obs, (1, 1)), {"connectivity": 3},
-         r'"connectivity" must be an integer in 1\.\.2 for 2-D images, got 3'),
-        (lambda obs: _component(obs, (1, 1)), {"connectivity": 0},
-         r'"connectivity" must be an integer in 1\.\.2 for 2-D images, got 0'),
+        (
+            _partial,
+            {},
+            r'"region" is only part of a connected component of the selected set; pass whole '
+            r"components \(see medsi\.si\.connected_regions\)\.",
+        ),
+        (
+            lambda obs: _component(obs, (1, 1)),
+            {"connectivity": 3},
+            r'"connectivity" must be an integer in 1\.\.2 for 2-D images, got 3',
+        ),
+        (
+            lambda obs: _component(obs, (1, 1)),
+            {"connectivity": 0},
+            r'"connectivity" must be an integer in 1\.\.2 for 2-D images, got 0',
+        ),
     ],
-    ids=["empty", "wrong_shape", "extra_dimension", "unselected_pixel", "all_unselected",
-         "partial_component", "connectivity_too_large", "connectivity_zero"],
+    ids=[
+        "empty",
+        "wrong_shape",
+        "extra_dimension",
+        "unselected_pixel",
+        "all_unselected",
+        "partial_component",
+        "connectivity_too_large",
+        "connectivity_zero",
+    ],
 )
 def test_check_region_refuses(observed, make_region, kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -298,8 +339,7 @@ EVENT_CASES = [
     ("region_grows", {"on": [(3, 1)]}, (False, False)),
     ("boundary_pixel_from_outside", {"on": [(0, 2)]}, (False, False)),
     ("region_grows_and_shrinks", {"on": [(1, 3)], "off": [(1, 1)]}, (False, False)),
-    ("other_component_reaches_boundary",
-     {"on": [(4, 4), (4, 3), (3, 3), (3, 2)]}, (False, False)),
+    ("other_component_reaches_boundary", {"on": [(4, 4), (4, 3), (3, 3), (3, 2)]}, (False, False)),
 ]
 
 
@@ -343,8 +383,7 @@ def test_event_flags_full_holds_only_for_the_identical_set():
     [(1, True), (2, False)],
     ids=["faces", "faces_and_corners"],
 )
-def test_event_flags_diagonal_neighbour_by_connectivity(observed, connectivity,
-                                                        expected_component):
+def test_event_flags_diagonal_neighbour_by_connectivity(observed, connectivity, expected_component):
     region = _component(observed, (1, 1), connectivity)
     boundary = check_region(region, observed, connectivity)
     selected = _changed(observed, on=[(3, 3)])  # diagonal to (2, 2)
