@@ -92,7 +92,7 @@ def complement(intervals, lower: float = -np.inf, upper: float = np.inf) -> np.n
     starts = np.concatenate([[lower], arr[:, 1]])
     ends = np.concatenate([arr[:, 0], [upper]])
     gaps = np.stack([starts, ends], axis=1)
-    return gaps[gaps[:, 1] > gaps[:, 0]]
+    return merge(gaps[gaps[:, 1] > gaps[:, 0]])
 
 
 def intersect(first, second) -> np.ndarray:

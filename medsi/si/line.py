@@ -19,7 +19,12 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from medsi.errors import ConfigError, InferenceError
-from medsi.si.linearity import DecisionRecorder, check_piecewise_linear, named_module_tracker
+from medsi.si.linearity import (
+    DecisionRecorder,
+    check_piecewise_linear,
+    named_module_tracker,
+    register_piecewise_linear_module,
+)
 
 __all__ = ["LineEvaluator", "LinePieces"]
 
@@ -47,6 +52,45 @@ class LinePieces:
     upper: np.ndarray
     selected: np.ndarray
     degenerate: np.ndarray
+
+
+@register_piecewise_linear_module
+class ChannelAffine(nn.Module):
+    """y = x * scale + shift per channel (dimension 1): an eval-mode BatchNorm, folded."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the affine map."""
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(view) + self.shift.view(view)
+
+
+def _fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every eval-mode BatchNorm with running statistics by a ChannelAffine."""
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if isinstance(module, norms):
+        return _as_affine(module) if module.running_var is not None else module
+    for name, child in module.named_children():
+        if isinstance(child, norms) and not child.training and child.running_var is not None:
+            setattr(module, name, _as_affine(child))
+        else:
+            _fold_batchnorm(child)
+    return module
+
+
+def _as_affine(norm: nn.Module) -> ChannelAffine:
+    with torch.no_grad():
+        scale = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias
+    return ChannelAffine(scale.clone(), shift.clone()).train(norm.training)
 
 
 class LineEvaluator:
@@ -90,9 +134,10 @@ class LineEvaluator:
         if device is None:
             device = param.device if param is not None else "cpu"
         self.device = torch.device(device)
-        if param is not None and (param.dtype != torch.float64 or param.device != self.device):
-            score = copy.deepcopy(score).to(device=self.device, dtype=torch.float64)
-        self.score = score
+        # A private float64 copy, with BatchNorm folded into a per-channel affine map: the
+        # same function, but forward AD through batch_norm is several times slower.
+        score = copy.deepcopy(score).to(device=self.device, dtype=torch.float64)
+        self.score = _fold_batchnorm(score)
         self.threshold = float(threshold)
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
 
@@ -209,8 +254,13 @@ class LineEvaluator:
         try:
             with torch.no_grad(), fwAD.dual_level():
                 dual = fwAD.make_dual(primal, tangent)
-                with recorder:
-                    out = self._score(dual)
+                try:
+                    with recorder:
+                        out = self._score(dual)
+                except TypeError:
+                    recorder.raise_refusal()
+                    raise
+                recorder.raise_refusal()
                 value, slope = fwAD.unpack_dual(out)
                 if slope is None:
                     slope = torch.zeros_like(value)

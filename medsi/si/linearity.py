@@ -302,6 +302,14 @@ class DecisionRecorder(TorchFunctionMode):
         self.record_patterns = record_patterns
         self.patterns: list[torch.Tensor] = []
         self._module_path = module_path or (lambda: "")
+        # torch's operator wrappers (x * y, x > 0, ...) turn a TypeError into NotImplemented,
+        # which would hide the refusal; the evaluator re-raises this one after the pass.
+        self.refusal: NotPiecewiseLinearError | None = None
+
+    def raise_refusal(self) -> None:
+        """Raise the first refusal seen during the pass, if any (see ``refusal``)."""
+        if self.refusal is not None:
+            raise self.refusal
 
     @property
     def lower(self) -> torch.Tensor:
@@ -321,8 +329,7 @@ class DecisionRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", repr(func))
-        flat, _ = tree_flatten((args, kwargs))
-        dual = [t for t in flat if _tangent(t) is not None]
+        dual = _dual_tensors(args, kwargs)
         if not dual:
             if self.record_patterns and name in _PIECEWISE:
                 self._record_piecewise(name, args, kwargs)
@@ -360,10 +367,13 @@ class DecisionRecorder(TorchFunctionMode):
     def _refuse(self, name: str, why: str) -> None:
         where = self._module_path()
         place = f" in module {where!r}" if where else ""
-        raise NotPiecewiseLinearError(
+        error = NotPiecewiseLinearError(
             f"operation {name!r}{place} {why}, so the engine cannot follow it along the line; "
             "use only conv/linear/pooling/interpolation/ReLU-type operations on the image path."
         )
+        if self.refusal is None:
+            self.refusal = error
+        raise error
 
     def _constrain(self, q, q_dot, pattern: torch.Tensor | None = None) -> None:
         if q.shape[0] != self.batch_size:
@@ -472,6 +482,19 @@ class DecisionRecorder(TorchFunctionMode):
         q = torch.where(not_self, margin, math.inf)
         q_dot = None if margin_dot is None else torch.where(not_self, margin_dot, 0.0)
         self._constrain(q, q_dot, pattern=best)
+
+
+def _dual_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """Tensors carrying a tangent among the arguments (a fast path for flat arguments)."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            if fwAD.unpack_dual(value).tangent is not None:
+                found.append(value)
+        elif isinstance(value, (list, tuple, dict)):
+            flat, _ = tree_flatten(value)
+            found.extend(t for t in flat if _tangent(t) is not None)
+    return found
 
 
 def _single(v) -> int:

@@ -373,6 +373,8 @@ RUNTIME_REFUSED = [
     ),
     ("step_operator", lambda x: (x > 0).float(), r"operation '(__gt__|gt)' in module 'head'"),
     ("step_function", lambda x: torch.gt(x, 0).double(), r"operation 'gt' in module 'head'"),
+    # A refused comparison must not fall back to Python's identity comparison (a bool).
+    ("not_equal_operator", lambda x: x * (x != 0), r"operation '(__ne__|ne)' in module 'head'"),
     (
         "batch_norm_training",
         lambda x: F.batch_norm(x, None, None, training=True),
