@@ -34,7 +34,7 @@ REFERENCE_MS = {8: 26.0, 16: 33.0, 32: 73.0, 64: 273.0}
 
 
 def paper_score(size: int, device: str) -> torch.nn.Module:
-    unet = PLUNet(channels=(32, 64, 128, 256), time_embed_dim=100)
+    unet = PLUNet(channels=(32, 64, 128, 256), time_embed_dim=100, convs_per_block=1)
     recon = DDIMReconstruction(unet, start_timestep=460, num_steps=5, eta=1.0, seed=0)
     return AnomalyScore(recon, kernel_size=3).to(device=device, dtype=torch.float64).eval()
 

@@ -155,7 +155,7 @@ class PLUNet(nn.Module):
     time_embed_dim
         Size of the sinusoidal time embedding and of the time MLP; the paper uses 100.
     convs_per_block
-        Conv-BN-ReLU units per block.
+        Conv-BN-ReLU units per block; the paper's U-Net has one.
     kernel_size
         Odd kernel size of the convolutions.
 
@@ -181,7 +181,7 @@ class PLUNet(nn.Module):
         out_channels: int = 1,
         channels: Sequence[int] = (32, 64, 128, 256),
         time_embed_dim: int = 100,
-        convs_per_block: int = 2,
+        convs_per_block: int = 1,
         kernel_size: int = 3,
     ):
         super().__init__()

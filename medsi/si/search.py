@@ -183,8 +183,7 @@ def _quantiles_in_gap(lower: float, upper: float, fractions: np.ndarray, sigma: 
         log_near = special.log_ndtr(-near)
         log_mass = float(log_standard_normal_mass(np.array([near]), np.array([far]))[0])
         log_s = log_near + np.log1p(-fractions * np.exp(log_mass - log_near))
-        points = -special.ndtri_exp(log_s)
-        return sign * points * sigma if sign > 0 else -points * sigma
+        return sign * -special.ndtri_exp(log_s) * sigma
     cdf_lo, cdf_hi = special.ndtr(lo), special.ndtr(hi)
     return special.ndtri(cdf_lo + fractions * (cdf_hi - cdf_lo)) * sigma
 
