@@ -256,11 +256,17 @@ class _Bounds:
             return
         q = q.reshape(q.shape[0], -1)
         q_dot = q_dot.reshape(q.shape[0], -1)
-        moving = q_dot != 0
-        root = torch.where(moving, -q / torch.where(moving, q_dot, 1.0), math.inf)
-        self.upper = torch.minimum(self.upper, torch.where(root > 0, root, math.inf).amin(1))
-        self.lower = torch.maximum(self.lower, torch.where(root < 0, root, -math.inf).amax(1))
-        self.degenerate |= (moving & (q == 0)).any(1)
+        if q.shape[1] == 0:
+            return
+        # A unit reaches its boundary at dz = -q / q_dot. Work with the rate s = -q_dot / q =
+        # 1 / dz: the nearest boundary above is 1 / max(s) and below 1 / min(s), so two
+        # reductions replace masked minima (this runs on every activation of the model).
+        rate = torch.nan_to_num(-q_dot / q, nan=0.0, posinf=math.inf, neginf=-math.inf)
+        low, high = torch.aminmax(rate, dim=1)
+        self.upper = torch.minimum(self.upper, torch.where(high > 0, 1.0 / high, math.inf))
+        self.lower = torch.maximum(self.lower, torch.where(low < 0, 1.0 / low, -math.inf))
+        # q == 0 while q_dot != 0: the point sits exactly on a boundary
+        self.degenerate |= torch.isinf(high) | torch.isinf(low)
 
 
 class DecisionRecorder(TorchFunctionMode):
