@@ -166,8 +166,9 @@ def check_piecewise_linear(module: nn.Module) -> None:
             raise NotPiecewiseLinearError(
                 f"module {label!r} of type {type(sub).__name__} is not piecewise linear in its "
                 "input (or not known to be); build the model from conv, linear, BatchNorm (eval), "
-                "ReLU/LeakyReLU, average or max pooling and interpolation, or register a truly "
-                "piecewise-linear type with medsi.si.register_piecewise_linear_module."
+                "ReLU/LeakyReLU/PReLU/ReLU6/Hardtanh, average or max pooling and interpolation, "
+                "or register a truly piecewise-linear type with "
+                "medsi.si.register_piecewise_linear_module."
             )
 
 
