@@ -284,18 +284,22 @@ def parametric_search(
         )
         if not len(points):
             break  # only gaps below floating-point resolution are left
+        # points that are retries of a point on a boundary carry their attempt count
+        attempts = np.zeros(len(points), dtype=int)
+        attempts[: min(len(retries), len(points))] = [r[2] for r in retries][: len(points)]
         retries = []
         lower, upper, flags, degenerate = run(points)
         good = ~np.asarray(degenerate, bool)
-        for point, direction in zip(points[~good], directions[~good], strict=True):
-            attempt = sum(1 for r in retries if r[0] == point) + 1
+        for point, direction, attempt in zip(
+            points[~good], directions[~good], attempts[~good] + 1, strict=True
+        ):
             if attempt > _MAX_RETRIES:
                 raise InferenceError(
                     f"the search could not step past a decision boundary at z={point}; the "
                     "model may have a flat region exactly on the threshold."
                 )
             step = 4 * _STEP * float(_scale(np.array([point]), sigma)[0]) * direction
-            retries.append((point + step, direction, attempt))
+            retries.append((point + step, direction, int(attempt)))
         new = np.stack([lower[good], upper[good]], 1)
         covered_before = gaps
         all_pieces.append(new)
@@ -368,7 +372,9 @@ def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max):
     gaps = gaps[_resolvable(gaps, unresolvable, sigma)]
     if not len(gaps) or len(points) >= k_max:
         return np.array(points), np.array(directions)
-    a_below, a_above = _side_masses(in_set, z_obs, sigma)
+    # A side with no known mass yet (a point-like piece) gets a finite floor, so that its gaps
+    # rank first rather than producing inf - inf.
+    a_below, a_above = (max(v, -1e300) for v in _side_masses(in_set, z_obs, sigma))
     m_below, m_above = _split_masses(gaps, z_obs, sigma)
     weights = np.logaddexp(m_below - a_below, m_above - a_above)
     order = np.argsort(-weights, kind="stable")

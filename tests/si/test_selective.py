@@ -257,3 +257,35 @@ def test_search_on_a_known_piecewise_line():
     assert out.p_values[0] == pytest.approx(expected, rel=1e-12)
     # exhaustive: everything within about 7.3 sigma of 0 has been looked at
     assert out.pieces[:, 0].min() < -7 and out.pieces[:, 1].max() > 7
+
+
+def test_search_guard_rail_stall():
+    # zero-length intervals never cover anything: the search must stop with an error
+    with pytest.raises(InferenceError, match="stalled"):
+        parametric_search(_fake(0.0, 0.0, [True, True]), 0.0, 1.0, SearchSettings())
+
+
+def test_search_steps_past_a_point_on_a_boundary():
+    calls = []
+
+    def evaluate(z):
+        calls.append(z.copy())
+        lo = np.floor(z * 2) / 2
+        # the first front to the right lands exactly on a boundary once
+        degenerate = (len(calls) == 2) & (z > 0.5) & (z < 0.5 + 1e-6)
+        return lo, lo + 0.5, np.ones((len(z), 2), bool), degenerate
+
+    out = parametric_search(evaluate, 0.25, 1.0, SearchSettings(batch_size=2))
+    assert out.p_values[0] == pytest.approx(2 * stats.norm.sf(0.25), rel=1e-9)
+    retried = [z for batch in calls[2:3] for z in batch]
+    assert any(0.5 < z < 0.5 + 1e-6 for z in retried)
+
+
+def test_search_gives_up_on_a_boundary_it_cannot_step_past():
+    def evaluate(z):
+        lo = np.floor(z * 2) / 2
+        stuck = (z > 0.5) & (z < 0.5 + 1e-6)
+        return lo, lo + 0.5, np.ones((len(z), 2), bool), stuck
+
+    with pytest.raises(InferenceError, match="could not step past a decision boundary"):
+        parametric_search(evaluate, 0.25, 1.0, SearchSettings(batch_size=2))
