@@ -164,5 +164,3 @@ def test_non_tensor_input():
 def test_check_refuses(module, match):
     with pytest.raises(NotPiecewiseLinearError, match=match):
         check_piecewise_linear(module)
-
-

@@ -79,8 +79,9 @@ def test_float32_module_is_evaluated_in_float64_without_changing_it():
 
 def test_batchnorm_is_folded_into_the_same_function():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                        nn.Conv2d(4, 1, 3, padding=1))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1)
+    )
     with torch.no_grad():
         net[1].running_mean.uniform_(-1, 1)
         net[1].running_var.uniform_(0.5, 2)
