@@ -163,7 +163,7 @@ def format_results(rows, args, gflops_matmul) -> str:
         + " | ".join(f"ms/eval @B={b}" for b in args.batch_sizes)
         + " | batching speed-up | vs ONNX interpreter | GFLOP/eval | GFLOP/s (best B) | "
         "% of matmul |",
-        "|" + "---|" * (9 + len(args.batch_sizes)),
+        "|" + "---|" * (8 + len(args.batch_sizes)),
     ]
     for row in rows:
         pe = row["per_eval"]
