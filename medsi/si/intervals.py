@@ -31,7 +31,13 @@ def as_intervals(intervals) -> np.ndarray:
     ConfigError
         If the shape is wrong, an end is NaN or some ``lower > upper``.
     """
-    arr = np.asarray(intervals, dtype=np.float64)
+    try:
+        arr = np.asarray(intervals, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f'"intervals" must be numbers in rows [lower, upper], got {intervals!r}; '
+            "pass an (m, 2) array."
+        ) from e
     if arr.size == 0:
         return np.empty((0, 2))
     arr = arr.reshape(-1, 2) if arr.ndim == 1 and arr.size == 2 else arr

@@ -170,7 +170,7 @@ REFUSED = [
     (
         "max_pool_ceil_mode",
         lambda: _in_body(nn.MaxPool2d(2, ceil_mode=True)),
-        r"module 'body\.1' uses max pooling with ceil_mode=True, which the engine does not "
+        r"module 'body\.1' \(MaxPool2d\) uses ceil_mode=True, which the engine does not "
         r"support; use ceil_mode=False\.",
     ),
     ("max_pool_3d", lambda: _in_body(nn.MaxPool3d(2)), r"module 'body\.1' of type MaxPool3d"),
