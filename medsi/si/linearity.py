@@ -157,8 +157,8 @@ def check_piecewise_linear(module: nn.Module) -> None:
             )
         if isinstance(sub, nn.MaxPool1d | nn.MaxPool2d) and sub.ceil_mode:
             raise NotPiecewiseLinearError(
-                f"module {label!r} ({type(sub).__name__}) uses ceil_mode=True, which the engine does "
-                "not support; use ceil_mode=False."
+                f"module {label!r} ({type(sub).__name__}) uses ceil_mode=True, which the engine "
+                "does not support; use ceil_mode=False."
             )
         if next(sub.children(), None) is not None:
             continue

@@ -194,6 +194,7 @@ def parametric_search(
     sigma: float,
     settings: SearchSettings,
     n_events: int = 2,
+    on_batch: Callable[[int], None] | None = None,
 ) -> SearchOutcome:
     """Cover the line around the null distribution with intervals of constant decisions.
 
@@ -211,6 +212,9 @@ def parametric_search(
         Termination rule and budget.
     n_events
         E, the number of events evaluated together.
+    on_batch
+        Called after each batched evaluation with the number of points it evaluated
+        (e.g. to advance a progress bar).
 
     Returns
     -------
@@ -246,6 +250,8 @@ def parametric_search(
             )
         lower, upper, flags, degenerate = evaluate(points)
         evaluations += len(points)
+        if on_batch is not None:
+            on_batch(len(points))
         batches += 1
         lower, upper = np.asarray(lower, float), np.asarray(upper, float)
         ok = (lower <= points) & (points <= upper)

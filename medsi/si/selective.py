@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 from torch import nn
+from tqdm.auto import tqdm
 
 from medsi.errors import ConfigError
 from medsi.si import events as ev
@@ -198,6 +199,7 @@ class SelectiveTest:
         max_evaluations: int = 200_000,
         permutations: int = 0,
         seed: int = 0,
+        progress: bool = False,
     ) -> SelectiveResult:
         """Test one region of the selected set of ``x`` against ``reference``.
 
@@ -227,6 +229,8 @@ class SelectiveTest:
             Number of permutations for ``p_permutation`` (0: skip).
         seed
             Seed of the permutations.
+        progress
+            Show a progress bar of the model evaluations (searches can take minutes).
 
         Returns
         -------
@@ -281,7 +285,10 @@ class SelectiveTest:
             flags = ev.event_flags(pieces.selected, observed, region, boundary)
             return pieces.lower, pieces.upper, flags, pieces.degenerate
 
-        outcome: SearchOutcome = parametric_search(evaluate, statistic, sigma, settings)
+        with tqdm(desc="selective p-value", unit="eval", disable=not progress, leave=False) as bar:
+            outcome: SearchOutcome = parametric_search(
+                evaluate, statistic, sigma, settings, on_batch=bar.update
+            )
         alt = settings.alternative
         p_naive = naive_p_value(statistic, sigma, alternative=alt)
         n_pixels = int(x.size if self.mask is None else self.mask.sum())
