@@ -7,6 +7,8 @@ import sys
 import click
 
 from medsi import __version__
+from medsi.cli.info import info
+from medsi.cli.train import train
 from medsi.errors import MedsiError
 
 
@@ -52,3 +54,7 @@ def selftest(quick: bool, seed: int) -> None:
         click.echo(f"{len(failed)} check(s) FAILED: " + ", ".join(r.name for r in failed), err=True)
         sys.exit(1)
     click.echo("All checks passed.")
+
+
+main.add_command(train)
+main.add_command(info)

@@ -5,6 +5,7 @@ Domain-free: it knows images as arrays and models as torch modules, nothing of M
 
 from medsi.si.baselines import bonferroni_p_value, permutation_p_value
 from medsi.si.covariance import Covariance, Dense, Diagonal, Isotropic, Stationary
+from medsi.si.estimate import CovarianceKind, estimate_covariance
 from medsi.si.events import check_region, connected_regions, event_flags, outer_boundary
 from medsi.si.line import LineEvaluator, LinePieces
 from medsi.si.linearity import (
@@ -27,6 +28,7 @@ from medsi.si.truncnorm import (
 __all__ = [
     "Alternative",
     "Covariance",
+    "CovarianceKind",
     "DecisionRecorder",
     "Dense",
     "Diagonal",
@@ -44,6 +46,7 @@ __all__ = [
     "check_piecewise_linear",
     "check_region",
     "connected_regions",
+    "estimate_covariance",
     "event_flags",
     "log_selective_p_value",
     "log_standard_normal_mass",
