@@ -20,7 +20,7 @@ import yaml
 
 from medsi.errors import ConfigError, InputDataError
 from medsi.model.unet import PLUNet
-from medsi.si.covariance import Covariance, Dense, Diagonal, Isotropic, Stationary
+from medsi.si.covariance import Covariance, Dense, Diagonal, Isotropic, Stationary, real_array
 
 FORMAT = "medsi-model-bundle"
 FORMAT_VERSION = 1
@@ -290,15 +290,7 @@ def unet_config(model: Mapping) -> dict:
 
 def checked_heldout(heldout, size: tuple[int, int]) -> np.ndarray:
     """Return the held-out images as float64 (N, H, W) after checking them."""
-    if not isinstance(heldout, np.ndarray):
-        raise TypeError(
-            f'"heldout" must be a numpy.ndarray, got {type(heldout).__name__}; convert it with '
-            "numpy.asarray."
-        )
-    if heldout.dtype == np.bool_ or not (
-        np.issubdtype(heldout.dtype, np.integer) or np.issubdtype(heldout.dtype, np.floating)
-    ):
-        raise TypeError(f'"heldout" must have a real dtype, got {heldout.dtype}.')
+    heldout = real_array(heldout, "heldout")
     if heldout.ndim != 3 or tuple(heldout.shape[1:]) != size:
         raise ConfigError(
             f'"heldout" must have shape (N, {size[0]}, {size[1]}) (config data.image_size), got '

@@ -90,7 +90,7 @@ def _positive_scalar(value, name: str, hint: str) -> float:
     return result
 
 
-def _real_array(value, name: str) -> np.ndarray:
+def real_array(value, name: str) -> np.ndarray:
     """Return ``value`` as a float64 array after checking it is a real numpy array.
 
     Parameters
@@ -432,7 +432,7 @@ class Covariance(abc.ABC):
 
     def _checked_image(self, v) -> np.ndarray:
         """Return ``v`` as a float64 (H, W) array after checking its type and shape."""
-        v = _real_array(v, "v")
+        v = real_array(v, "v")
         if v.ndim != 2:
             raise ConfigError(
                 f'"v" must be a 2-D image (H, W), got an array of shape {v.shape}; '
@@ -530,7 +530,7 @@ class Diagonal(Covariance):
     __slots__ = ("_variance_map",)
 
     def __init__(self, variance_map: np.ndarray):
-        variance_map = _real_array(variance_map, "variance_map")
+        variance_map = real_array(variance_map, "variance_map")
         if variance_map.ndim != 2 or variance_map.size == 0:
             raise ConfigError(
                 f'"variance_map" must be a non-empty 2-D array (H, W), got shape '
@@ -628,7 +628,7 @@ class Stationary(Covariance):
     __slots__ = ("_kernel",)
 
     def __init__(self, kernel: np.ndarray):
-        kernel = _real_array(kernel, "kernel")
+        kernel = real_array(kernel, "kernel")
         if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
             raise ConfigError(
                 f'"kernel" must be a 2-D array of odd sizes (2h + 1, 2w + 1), got shape '
@@ -913,7 +913,7 @@ class Dense(Covariance):
     __slots__ = ("_matrix", "_root")
 
     def __init__(self, matrix: np.ndarray):
-        matrix = _real_array(matrix, "matrix")
+        matrix = real_array(matrix, "matrix")
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
             raise ConfigError(
                 f'"matrix" must be a non-empty square 2-D array (n, n), got shape '

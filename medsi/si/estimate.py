@@ -35,7 +35,14 @@ import numpy as np
 import scipy.fft
 
 from medsi.errors import ConfigError
-from medsi.si.covariance import Covariance, Diagonal, Isotropic, Stationary, _kernel_spectrum
+from medsi.si.covariance import (
+    Covariance,
+    Diagonal,
+    Isotropic,
+    Stationary,
+    _kernel_spectrum,
+    real_array,
+)
 from medsi.si.options import coerce_option
 
 __all__ = ["CovarianceKind", "estimate_covariance"]
@@ -137,18 +144,7 @@ _KINDS = ", ".join(repr(k.value) for k in CovarianceKind)
 
 def _checked_residuals(residuals) -> np.ndarray:
     """Return ``residuals`` as float64 (N, H, W) after checking type, shape and values."""
-    if not isinstance(residuals, np.ndarray):
-        raise TypeError(
-            f'"residuals" must be a numpy.ndarray, got {type(residuals).__name__}; '
-            "convert it with numpy.asarray."
-        )
-    if residuals.dtype == np.bool_ or not (
-        np.issubdtype(residuals.dtype, np.integer) or np.issubdtype(residuals.dtype, np.floating)
-    ):
-        raise TypeError(
-            f'"residuals" must have a real (integer or floating) dtype, got {residuals.dtype}; '
-            "pass a float64 array."
-        )
+    residuals = real_array(residuals, "residuals")
     if residuals.ndim != 3 or min(residuals.shape[1:], default=0) < 1:
         raise ConfigError(
             f'"residuals" must be a non-empty stack of images (N, H, W), got shape '
