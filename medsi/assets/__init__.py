@@ -1,0 +1,1 @@
+"""Files medsi ships: the brain template, the default model bundle and a real example scan."""
