@@ -7,6 +7,7 @@ import sys
 import click
 
 from medsi import __version__
+from medsi.cli.experiment import experiment
 from medsi.cli.info import info
 from medsi.cli.train import train
 from medsi.errors import MedsiError
@@ -58,3 +59,4 @@ def selftest(quick: bool, seed: int) -> None:
 
 main.add_command(train)
 main.add_command(info)
+main.add_command(experiment)

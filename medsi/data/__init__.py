@@ -2,10 +2,26 @@
 
 :func:`synthetic_images` draws the paper's ``iid`` and ``corr`` noise images (with an optional
 square signal and its ground-truth mask); :func:`load_slices` reads a folder of ``.npy`` and
-NIfTI files into one stack of 2-D slices with their slice positions.
+NIfTI files into one stack of 2-D slices with their slice positions; :func:`noise_images`
+draws the non-Gaussian noise of the paper's robustness experiments.
 """
 
+from medsi.data.noise import (
+    NOISE_FAMILIES,
+    NoiseDistribution,
+    max_noise_distance,
+    noise_distribution,
+    noise_images,
+)
 from medsi.data.slices import load_slices
 from medsi.data.synthetic import synthetic_images
 
-__all__ = ["load_slices", "synthetic_images"]
+__all__ = [
+    "load_slices",
+    "synthetic_images",
+    "NOISE_FAMILIES",
+    "NoiseDistribution",
+    "noise_distribution",
+    "noise_images",
+    "max_noise_distance",
+]

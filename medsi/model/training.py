@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medsi.atomic import atomic_write_bytes
 from medsi.errors import ConfigError, InputDataError
 from medsi.model._bundle_io import unet_from_config
 from medsi.model.config import validate_config
@@ -150,18 +151,10 @@ def _build_unet(model_cfg: dict, seed: int) -> PLUNet:
 
 
 def _save_atomic(state: dict, path: Path) -> None:
-    """Write ``state`` with torch.save to a temporary file, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``state`` with torch.save, atomically (:func:`medsi.atomic.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_checkpoint(path: Path, fingerprint: str, epochs: int) -> dict:
