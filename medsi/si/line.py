@@ -144,15 +144,17 @@ class LineEvaluator:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array, dtype=np.float64), device=self.device)
 
-    def _mask_tensor(self, shape) -> torch.Tensor | None:
-        if self.mask is None:
+    def _mask_tensor(self, shape, mask: np.ndarray | None = None) -> torch.Tensor | None:
+        """The mask for a batch of images of ``shape`` (B, H, W), broadcastable to it."""
+        mask = self.mask if mask is None else np.asarray(mask, dtype=bool)
+        if mask is None:
             return None
-        if self.mask.shape != tuple(shape):
+        if mask.shape not in (tuple(shape[1:]), tuple(shape)):
             raise ConfigError(
-                f'"mask" has shape {self.mask.shape} but the images are {tuple(shape)}; '
-                "pass a mask of the image's shape."
+                f'"mask" has shape {mask.shape} but the images are {tuple(shape[1:])}; '
+                "pass a mask of the image's shape (or one per image)."
             )
-        return torch.as_tensor(self.mask, device=self.device)
+        return torch.as_tensor(mask, device=self.device)
 
     def _score(self, images: torch.Tensor) -> torch.Tensor:
         out = self.score(images.unsqueeze(1))
@@ -163,13 +165,16 @@ class LineEvaluator:
             )
         return out[:, 0]
 
-    def select(self, images: np.ndarray) -> np.ndarray:
+    def select(self, images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Selected set of each image by a plain forward pass (no AD).
 
         Parameters
         ----------
         images
             (H, W) or (B, H, W) images.
+        mask
+            Pixels that may be selected, (H, W) or one per image (B, H, W); default the
+            evaluator's mask.
 
         Returns
         -------
@@ -179,7 +184,7 @@ class LineEvaluator:
         images = np.asarray(images, dtype=np.float64)
         single = images.ndim == 2
         batch = self._tensor(images[None] if single else images)
-        mask = self._mask_tensor(batch.shape[1:])
+        mask = self._mask_tensor(batch.shape, mask)
         with torch.no_grad():
             score = self._score(batch)
         sel = score > self.threshold
@@ -212,25 +217,30 @@ class LineEvaluator:
             exactly when their rows are equal.
         """
         batch = self._tensor(images)
-        mask = self._mask_tensor(batch.shape[1:])
+        mask = self._mask_tensor(batch.shape)
         recorder = DecisionRecorder(batch.shape[0], self.device, record_patterns=True)
         with torch.no_grad(), recorder:
             score = self._score(batch)
         above = score > self.threshold
         if mask is not None:
-            above = above[:, mask]
+            above = above & mask
         parts = [p.to(torch.int64) for p in recorder.patterns] + [above.reshape(len(batch), -1)]
         return torch.cat([p.cpu().to(torch.int64) for p in parts], dim=1).numpy()
 
-    def evaluate(self, a: np.ndarray, b: np.ndarray, z: np.ndarray) -> LinePieces:
+    def evaluate(
+        self, a: np.ndarray, b: np.ndarray, z: np.ndarray, mask: np.ndarray | None = None
+    ) -> LinePieces:
         """Selected sets and intervals of constant decisions at points of the line.
 
         Parameters
         ----------
         a, b
-            (H, W) the line x(z) = a + b z in image space.
+            (H, W) the line x(z) = a + b z in image space, or (K, H, W): one line per point
+            (several slices of one volume, each moving along its own line, in one batch).
         z
             (K,) the points.
+        mask
+            Pixels that may be selected, (H, W) or (K, H, W); default the evaluator's mask.
 
         Returns
         -------
@@ -245,10 +255,17 @@ class LineEvaluator:
         z = np.asarray(z, dtype=np.float64).reshape(-1)
         k = len(z)
         at, bt = self._tensor(a), self._tensor(b)
-        mask = self._mask_tensor(at.shape)
+        if at.dim() == 2:
+            at, bt = at.unsqueeze(0), bt.unsqueeze(0)
+        if at.shape != bt.shape or at.dim() != 3 or at.shape[0] not in (1, k):
+            raise ConfigError(
+                f'"a" and "b" must be (H, W) or (K, H, W) with K = {k} points, got '
+                f"{tuple(np.shape(a))} and {tuple(np.shape(b))}."
+            )
+        mask = self._mask_tensor((k, *at.shape[1:]), mask)
         zt = self._tensor(z).view(k, 1, 1)
-        primal = at.unsqueeze(0) + bt.unsqueeze(0) * zt
-        tangent = bt.unsqueeze(0).expand(k, -1, -1).contiguous()
+        primal = at + bt * zt
+        tangent = bt.expand(k, -1, -1).contiguous()
         module_path, remove_hooks = named_module_tracker(self.score)
         recorder = DecisionRecorder(k, self.device, module_path=module_path)
         try:
@@ -266,7 +283,9 @@ class LineEvaluator:
                     slope = torch.zeros_like(value)
                 q = value - self.threshold
                 if mask is not None:
-                    q, slope = q[:, mask], slope[:, mask]
+                    # pixels that can never be selected constrain nothing: slope 0, q 1
+                    q = torch.where(mask, q, torch.ones_like(q))
+                    slope = torch.where(mask, slope, torch.zeros_like(slope))
                 recorder.bounds.constrain(q, slope)
                 selected = value > self.threshold
                 if mask is not None:

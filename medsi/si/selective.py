@@ -23,6 +23,7 @@ from medsi.si.covariance import Covariance, Isotropic
 from medsi.si.line import LineEvaluator
 from medsi.si.options import Alternative, Event, Termination, coerce_option
 from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
+from medsi.si.stack import StackedLine
 from medsi.si.truncnorm import naive_p_value, selective_p_value
 
 __all__ = ["SelectiveTest", "SelectiveResult"]
@@ -63,9 +64,9 @@ class SelectiveResult:
     oc_interval
         (2,) the piece of constant decisions containing the statistic.
     evaluations
-        Model evaluations (line points) the search spent.
+        Slice images the model evaluated (for a single image: the line points searched).
     region
-        (H, W) bool, the tested region.
+        (H, W) or (S, H, W) bool, the tested region.
     alternative, termination
         Options used.
     settings
@@ -112,13 +113,17 @@ class SelectiveTest:
     threshold
         lambda; pixels with a score strictly above it are selected.
     covariance
-        Noise covariance S of the test image.
+        Noise covariance S of one test slice (H, W), or a sequence with one per slice of a
+        stack. Slices of a stack are independent (the covariance is block diagonal).
     reference_covariance
-        Noise covariance S_R of the reference image; default: the same as ``covariance``.
+        Noise covariance S_R of the reference slice (or one per slice); default: the same as
+        ``covariance``.
     mask
-        (H, W) bool, pixels that may be selected (e.g. the brain); default all.
+        (H, W) bool, pixels that may be selected (e.g. the brain), or (S, H, W) for stacks
+        of S slices; default all.
     connectivity
-        Neighbourhood defining connected regions: 1 (faces) or 2 (with corners).
+        Neighbourhood defining connected regions: 1 (faces) up to the image's dimension
+        (2 in a slice: with corners; 3 in a stack: with edges and corners).
     device
         Torch device for the model; default where its parameters are.
 
@@ -153,16 +158,21 @@ class SelectiveTest:
             ("covariance", self.covariance),
             ("reference_covariance", self.reference_covariance),
         ):
-            if not isinstance(cov, Covariance):
-                raise TypeError(f'"{name}" must be a medsi.si Covariance, got {type(cov).__name__}')
-        self.evaluator = LineEvaluator(score, threshold, mask=mask, device=device)
-        self.threshold = float(threshold)
+            for c in cov if isinstance(cov, list | tuple) else [cov]:
+                if not isinstance(c, Covariance):
+                    raise TypeError(
+                        f'"{name}" must be a medsi.si Covariance (or a sequence of them), got '
+                        f"{type(c).__name__}"
+                    )
         self.mask = None if mask is None else np.asarray(mask, bool)
+        slice_mask = self.mask if self.mask is None or self.mask.ndim == 2 else None
+        self.evaluator = LineEvaluator(score, threshold, mask=slice_mask, device=device)
+        self.threshold = float(threshold)
         self.connectivity = int(connectivity)
 
     def select(self, x: np.ndarray) -> np.ndarray:
-        """The selected set of an image (H, W) or a batch (B, H, W)."""
-        return self.evaluator.select(x)
+        """The selected set of an image (H, W), or of each slice of a stack (S, H, W)."""
+        return self.evaluator.select(x, mask=self.mask)
 
     def regions(self, x: np.ndarray) -> list[np.ndarray]:
         """Connected components of the selected set of x, largest first."""
@@ -171,19 +181,33 @@ class SelectiveTest:
     def _check_images(self, x, reference) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(x, dtype=np.float64)
         reference = np.asarray(reference, dtype=np.float64)
-        if x.ndim != 2 or reference.shape != x.shape:
+        if x.ndim not in (2, 3) or reference.shape != x.shape:
             raise ConfigError(
-                f"the test and reference images must be 2-D of one shape, got {x.shape} and "
-                f"{reference.shape}; pass (H, W) arrays."
+                f"the test and reference images must be of one shape, (H, W) or a stack of "
+                f"slices (S, H, W), got {x.shape} and {reference.shape}; pass matching arrays."
+            )
+        if self.mask is not None and self.mask.shape not in (x.shape, x.shape[-2:]):
+            raise ConfigError(
+                f'"mask" has shape {self.mask.shape} but the images are {x.shape}; pass a '
+                "mask of the image's shape."
             )
         if not (np.isfinite(x).all() and np.isfinite(reference).all()):
             raise ConfigError(
                 "the test or reference image holds NaN or infinite values; replace them "
                 "(e.g. mask them out) before testing."
             )
-        self.covariance.check_shape(x.shape)
-        self.reference_covariance.check_shape(x.shape)
         return x, reference
+
+    def _per_slice(self, cov, name: str, n_slices: int, shape) -> list[Covariance]:
+        covs = list(cov) if isinstance(cov, list | tuple) else [cov] * n_slices
+        if len(covs) != n_slices:
+            raise ConfigError(
+                f'"{name}" holds {len(covs)} covariances but the stack has {n_slices} slices; '
+                "pass one per slice, or one for all."
+            )
+        for c in covs:
+            c.check_shape(shape)
+        return covs
 
     def run(
         self,
@@ -206,10 +230,12 @@ class SelectiveTest:
         Parameters
         ----------
         x, reference
-            (H, W) test and reference images (float).
+            (H, W) test and reference images (float), or stacks of S slices (S, H, W) of
+            one volume: a region spanning several slices is one test, whose line moves
+            every slice it touches (:mod:`medsi.si.stack`).
         region
-            (H, W) bool, a union of connected components of the selected set; ``None``
-            tests the whole selected set, as the paper does.
+            Bool, shaped like ``x``: a union of connected components of the selected set
+            (in 3-D for stacks); ``None`` tests the whole selected set, as the paper does.
         event
             ``"full"`` or ``"component"``: which event ``p_selective`` conditions on
             (both are always computed).
@@ -224,9 +250,9 @@ class SelectiveTest:
         batch_size
             Line points per batched model evaluation.
         max_evaluations
-            Budget of model evaluations.
+            Budget of line points searched.
         permutations
-            Number of permutations for ``p_permutation`` (0: skip).
+            Number of permutations for ``p_permutation`` (0: skip; single images only).
         seed
             Seed of the permutations.
         progress
@@ -265,34 +291,64 @@ class SelectiveTest:
         boundary = ev.check_region(region, observed, self.connectivity)
         region = np.asarray(region, bool)
 
+        # Work on stacks (S, H, W); a single image is a stack of one slice.
+        stack = x.ndim == 3
+        xs, rs, obs_s, region_s, boundary_s = (
+            a if stack else a[None] for a in (x, reference, observed, region, boundary)
+        )
+        n_slices, shape = len(xs), xs.shape[1:]
+        covs = self._per_slice(self.covariance, "covariance", n_slices, shape)
+        ref_covs = self._per_slice(
+            self.reference_covariance, "reference_covariance", n_slices, shape
+        )
+        masks = None
+        if self.mask is not None:
+            masks = np.broadcast_to(self.mask, xs.shape)
+
         size = int(region.sum())
-        eta = region / size  # eta_x = 1_C/|C|, eta_r = -1_C/|C|
-        s_eta_x = self.covariance.apply(eta)
-        s_eta_r = -self.reference_covariance.apply(eta)
-        variance = float((eta * s_eta_x).sum() - (eta * s_eta_r).sum())
+        eta = region_s / size  # eta_x = 1_C/|C|, eta_r = -1_C/|C|
+        moving = np.flatnonzero(region_s.reshape(n_slices, -1).any(1))
+        # Slices are independent, so the line moves only the slices the region touches.
+        s_eta_x = np.stack([covs[s].apply(eta[s]) for s in moving])
+        s_eta_r = np.stack([ref_covs[s].apply(eta[s]) for s in moving])
+        variance = float((eta[moving] * s_eta_x).sum() + (eta[moving] * s_eta_r).sum())
         if not variance > 0:
             raise ConfigError(
                 f"the statistic's variance eta^T Xi eta is {variance}, not positive; check "
                 "the covariance models."
             )
         sigma = float(np.sqrt(variance))
-        statistic = float(x[region].mean() - reference[region].mean())
+        statistic = float(xs[region_s].mean() - rs[region_s].mean())
         b_x = s_eta_x / variance
-        a_x = x - b_x * statistic
-
-        def evaluate(z: np.ndarray):
-            pieces = self.evaluator.evaluate(a_x, b_x, z)
-            flags = ev.event_flags(pieces.selected, observed, region, boundary)
-            return pieces.lower, pieces.upper, flags, pieces.degenerate
+        a_x = xs[moving] - b_x * statistic
+        line = StackedLine(
+            self.evaluator,
+            a_x,
+            b_x,
+            None if masks is None else masks[moving],
+            obs_s[moving],
+            region_s[moving],
+            boundary_s[moving],
+            batch_size=settings.batch_size,
+        )
 
         with tqdm(desc="selective p-value", unit="eval", disable=not progress, leave=False) as bar:
-            outcome: SearchOutcome = parametric_search(
-                evaluate, statistic, sigma, settings, on_batch=bar.update
-            )
+
+            def evaluate(z: np.ndarray):
+                before = line.evaluations
+                pieces = line(z)
+                bar.update(line.evaluations - before)
+                return pieces
+
+            outcome: SearchOutcome = parametric_search(evaluate, statistic, sigma, settings)
         alt = settings.alternative
         p_naive = naive_p_value(statistic, sigma, alternative=alt)
         n_pixels = int(x.size if self.mask is None else self.mask.sum())
         p_perm = None
+        if permutations and stack:
+            raise ConfigError(
+                '"permutations" applies to single images, not to stacks of slices; pass 0.'
+            )
         if permutations:
             whole = np.array_equal(region, observed)
             p_perm = permutation_p_value(
@@ -328,7 +384,7 @@ class SelectiveTest:
             intervals_full=outcome.truncation_sets[0],
             intervals_component=outcome.truncation_sets[1],
             oc_interval=outcome.observed_piece,
-            evaluations=outcome.evaluations,
+            evaluations=line.evaluations,
             region=region,
             alternative=alt,
             termination=settings.termination,

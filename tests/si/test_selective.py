@@ -201,7 +201,7 @@ def test_bad_options(test, kwargs, match):
 
 def test_bad_images(test):
     x, r = _null_pair(test, 0)
-    with pytest.raises(ConfigError, match="2-D of one shape"):
+    with pytest.raises(ConfigError, match="must be of one shape"):
         test.run(x, r[:4])
     bad = x.copy()
     bad[0, 0] = np.nan
