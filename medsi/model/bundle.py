@@ -300,6 +300,7 @@ def build_bundle(
     positions: np.ndarray | None = None,
     training: Mapping | None = None,
     input_space: str = "unspecified",
+    mask: np.ndarray | None = None,
 ) -> ModelBundle:
     """Make a bundle from a trained U-Net and held-out normal images.
 
@@ -327,6 +328,9 @@ def build_bundle(
         values are turned into plain ones. ``n_heldout`` is set to N.
     input_space
         What the model expects as input, e.g. ``"synthetic iid 8x8"``.
+    mask
+        (N, H, W) or (H, W) bool: the pixels the covariance is estimated on (e.g. the brain
+        of each held-out slice); None: all.
 
     Returns
     -------
@@ -376,6 +380,7 @@ def build_bundle(
         config["covariance"]["kind"],
         config["covariance"]["radius"],
         dof=dof,
+        mask=mask,
     )
 
     record = _io.plain(training or {}, "training")

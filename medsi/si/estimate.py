@@ -69,6 +69,7 @@ def estimate_covariance(
     *,
     dof: int | None = None,
     floor: float = 1e-3,
+    mask: np.ndarray | None = None,
 ) -> Covariance:
     """Estimate the noise covariance S from residual images.
 
@@ -92,6 +93,11 @@ def estimate_covariance(
     floor
         ``"diagonal"`` only: each pixel variance is at least ``floor`` times the median of the
         positive pixel variances (pixels of constant background have none), in (0, 1].
+    mask
+        (H, W) or (N, H, W) bool: the pixels the noise is estimated on (e.g. the brain, so
+        that the skull and background, whose variation between subjects is far larger, do
+        not inflate the brain's estimate); pixel pairs count only when both are inside. The
+        tests use pixels of this region, so the estimate must describe it. None: all pixels.
 
     Returns
     -------
@@ -120,19 +126,22 @@ def estimate_covariance(
     n_images, height, width = residuals.shape
     radius = _checked_radius(radius, (height, width))
     dof = _checked_dof(dof, n_images)
+    weights = _checked_mask(mask, residuals.shape)
     match kind:
         case CovarianceKind.ISOTROPIC:
-            total = float(np.vdot(residuals, residuals))
+            total = float(np.vdot(residuals * weights, residuals))
             _check_noise(total)
-            return Isotropic(total / (dof * height * width))
+            return Isotropic(total * n_images / (dof * float(weights.sum())))
         case CovarianceKind.DIAGONAL:
             floor = _checked_floor(floor)
-            variance_map = np.einsum("nhw,nhw->hw", residuals, residuals) / dof
+            counts = weights.sum(axis=0)
+            variance_map = np.einsum("nhw,nhw,nhw->hw", residuals, residuals, weights)
+            variance_map = variance_map * n_images / (dof * np.maximum(counts, 1))
             positive = variance_map[variance_map > 0]
             _check_noise(float(positive.sum()))
             return Diagonal(np.maximum(variance_map, floor * float(np.median(positive))))
         case CovarianceKind.STATIONARY:
-            kernel = _autocovariance(residuals, radius, dof)
+            kernel = _autocovariance(residuals, radius, dof, weights)
             _check_noise(float(kernel[radius, radius]))
             return Stationary(_positive_semidefinite(kernel))
         case _:  # pragma: no cover - coerce_option admits only the members above
@@ -163,6 +172,21 @@ def _checked_residuals(residuals) -> np.ndarray:
             "images they come from."
         )
     return residuals
+
+
+def _checked_mask(mask, shape: tuple[int, int, int]) -> np.ndarray:
+    """Return the mask as float weights (N, H, W) (all ones for None)."""
+    if mask is None:
+        return np.ones(shape)
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape not in (shape, shape[1:]):
+        raise ConfigError(
+            f'"mask" must be a bool array of shape {shape[1:]} or {shape}, got {mask.dtype} '
+            f"{mask.shape}; pass the brain mask of the residual images."
+        )
+    if not mask.any():
+        raise ConfigError('"mask" is empty; pass the pixels to estimate the noise on.')
+    return np.broadcast_to(mask, shape).astype(np.float64)
 
 
 def _checked_radius(radius, shape: tuple[int, int]) -> int:
@@ -219,13 +243,19 @@ def _check_noise(total: float) -> None:
         )
 
 
-def _autocovariance(residuals: np.ndarray, radius: int, dof: int) -> np.ndarray:
+def _autocovariance(
+    residuals: np.ndarray, radius: int, dof: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Return the point-symmetric empirical autocovariance kernel (2r + 1, 2r + 1).
 
     Entry (r + dy, r + dx) is the sum over images and over the pixel pairs (u, u + d) inside
-    the image of r(u) r(u + d), divided by ``dof`` times the number of such pairs.
+    the image (and inside the mask) of r(u) r(u + d), divided by the number of such pairs
+    times ``dof / N`` (the pairs of one image when there is no mask: ``dof`` times the pairs
+    per image).
     """
-    _, height, width = residuals.shape
+    n_images, height, width = residuals.shape
+    if weights is None:
+        weights = np.ones(residuals.shape)
     kernel = np.zeros((2 * radius + 1, 2 * radius + 1))
     for dy in range(radius + 1):
         for dx in range(-radius, radius + 1):
@@ -235,8 +265,14 @@ def _autocovariance(residuals: np.ndarray, radius: int, dof: int) -> np.ndarray:
             cols_b = slice(dx, width) if dx >= 0 else slice(0, width + dx)
             a = residuals[:, : height - dy, cols_a]
             b = residuals[:, dy:, cols_b]
-            pairs = (height - dy) * (width - abs(dx))
-            value = float(np.einsum("nhw,nhw->", a, b)) / (dof * pairs)
+            both = weights[:, : height - dy, cols_a] * weights[:, dy:, cols_b]
+            pairs = float(both.sum())
+            if pairs == 0:
+                raise ConfigError(
+                    f'"mask" holds no pixel pair at offset ({dy}, {dx}); pass a larger mask or '
+                    "a smaller radius."
+                )
+            value = float(np.einsum("nhw,nhw,nhw->", a, b, both)) * n_images / (dof * pairs)
             kernel[radius + dy, radius + dx] = value
             kernel[radius - dy, radius - dx] = value
     return kernel
