@@ -9,6 +9,7 @@ import click
 from medsi import __version__
 from medsi.cli.experiment import experiment
 from medsi.cli.info import info
+from medsi.cli.run import run
 from medsi.cli.train import train
 from medsi.errors import MedsiError
 
@@ -60,3 +61,4 @@ def selftest(quick: bool, seed: int) -> None:
 main.add_command(train)
 main.add_command(info)
 main.add_command(experiment)
+main.add_command(run)

@@ -32,6 +32,7 @@ class Termination(enum.StrEnum):
     EXHAUSTIVE = "exhaustive"
     PRECISION = "precision"
     DECISION = "decision"
+    OC = "oc"  # stop after the piece holding the statistic: only the oc p-value is exact
 
 
 def coerce_option(enum_type: type[enum.Enum], value, name: str):

@@ -17,6 +17,11 @@ Termination:
   rule but always counted in the reported bounds.
 * ``precision``: p_upper - p_lower < eps for every event.
 * ``decision``: p_upper < alpha or p_lower >= alpha for every event.
+* ``oc``: stop after the first evaluation; the over-conditioned p (truncation to the piece
+  holding z_obs) is exact, the selective p only known within its bounds.
+
+With ``on_budget="stop"`` a search that reaches ``max_evaluations`` stops there and says so
+(``SearchOutcome.complete`` is False) instead of raising: its bounds are still honest.
 
 Bounds treat every open gap as possibly in or out of the truncation set, so they are
 honest whatever the termination.
@@ -64,7 +69,10 @@ class SearchSettings:
     batch_size
         K, points per batched evaluation.
     max_evaluations
-        Budget; exceeding it raises :class:`~medsi.errors.InferenceError`.
+        Budget of line points.
+    on_budget
+        ``"raise"``: needing more raises :class:`~medsi.errors.InferenceError`; ``"stop"``:
+        the search stops at the budget with honest bounds and ``complete`` False.
     """
 
     termination: Termination | str = Termination.EXHAUSTIVE
@@ -73,6 +81,7 @@ class SearchSettings:
     precision: float = 1e-3
     batch_size: int = 32
     max_evaluations: int = 200_000
+    on_budget: str = "raise"
 
     def __post_init__(self):
         object.__setattr__(
@@ -98,6 +107,8 @@ class SearchSettings:
             raise ConfigError(
                 f'"max_evaluations" must be a positive integer, got {self.max_evaluations}.'
             )
+        if self.on_budget not in ("raise", "stop"):
+            raise ConfigError(f'"on_budget" must be "raise" or "stop", got {self.on_budget!r}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +133,9 @@ class SearchOutcome:
         Number of line points evaluated.
     batches
         Number of batched evaluations.
+    complete
+        False when the search stopped at its budget (``on_budget="stop"``) before its
+        termination rule was met; the bounds hold either way.
     """
 
     pieces: np.ndarray
@@ -134,6 +148,7 @@ class SearchOutcome:
     p_upper: np.ndarray
     evaluations: int
     batches: int
+    complete: bool = True
 
 
 # evaluate(z) -> (lower, upper, flags (K, E) bool, degenerate (K,) bool)
@@ -278,6 +293,7 @@ def parametric_search(
     all_pieces.append(np.stack([lower, upper], 1))
     all_flags.append(flags)
 
+    complete = True
     while True:
         pieces = np.concatenate(all_pieces)
         piece_flags = np.concatenate(all_flags)
@@ -290,6 +306,12 @@ def parametric_search(
         )
         if not len(points):
             break  # only gaps below floating-point resolution are left
+        if settings.on_budget == "stop" and evaluations + len(points) > settings.max_evaluations:
+            points = points[: settings.max_evaluations - evaluations]
+            directions = directions[: len(points)]
+            if not len(points):
+                complete = False
+                break
         # points that are retries of a point on a boundary carry their attempt count
         attempts = np.zeros(len(points), dtype=int)
         attempts[: min(len(retries), len(points))] = [r[2] for r in retries][: len(points)]
@@ -331,6 +353,7 @@ def parametric_search(
         p_upper=hi,
         evaluations=evaluations,
         batches=batches,
+        complete=complete,
     )
 
 
@@ -361,6 +384,8 @@ def _finished(sets, gaps, unresolvable, z_obs, sigma, settings) -> bool:
                 a_below, a_above = _side_masses(s, z_obs, sigma)
                 if u_below > a_below + limit or u_above > a_above + limit:
                     return False
+            return True
+        case Termination.OC:
             return True
         case Termination.PRECISION | Termination.DECISION:
             _, lo, hi = _p_values(sets, gaps, z_obs, sigma, settings.alternative)

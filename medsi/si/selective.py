@@ -71,6 +71,10 @@ class SelectiveResult:
         Options used.
     settings
         The search settings and test options, for the record.
+    complete
+        False when the search stopped at its budget before its termination rule was met
+        (``on_budget="stop"``): ``p_oc`` is exact, the selective p-values are known within
+        their bounds only.
     """
 
     statistic: float
@@ -95,6 +99,7 @@ class SelectiveResult:
     alternative: Alternative
     termination: Termination
     settings: dict
+    complete: bool = True
 
     def reject(self, alpha: float = 0.05) -> bool:
         """Whether the selective p-value is below ``alpha``."""
@@ -221,6 +226,7 @@ class SelectiveTest:
         precision: float = 1e-3,
         batch_size: int = 32,
         max_evaluations: int = 200_000,
+        on_budget: str = "raise",
         permutations: int = 0,
         seed: int = 0,
         progress: bool = False,
@@ -240,7 +246,8 @@ class SelectiveTest:
             ``"full"`` or ``"component"``: which event ``p_selective`` conditions on
             (both are always computed).
         termination
-            ``"exhaustive"``, ``"precision"`` or ``"decision"``.
+            ``"exhaustive"``, ``"precision"``, ``"decision"`` or ``"oc"`` (one evaluation:
+            only ``p_oc`` is exact).
         alternative
             ``"two-sided"``, ``"greater"`` (region brighter than the reference) or ``"less"``.
         alpha
@@ -251,6 +258,9 @@ class SelectiveTest:
             Line points per batched model evaluation.
         max_evaluations
             Budget of line points searched.
+        on_budget
+            ``"raise"`` (an :class:`~medsi.errors.InferenceError` when the budget is not
+            enough) or ``"stop"`` (stop there; ``complete`` is False, bounds still hold).
         permutations
             Number of permutations for ``p_permutation`` (0: skip; single images only).
         seed
@@ -278,6 +288,7 @@ class SelectiveTest:
             precision=precision,
             batch_size=batch_size,
             max_evaluations=max_evaluations,
+            on_budget=on_budget,
         )
         x, reference = self._check_images(x, reference)
         observed = self.select(x)
@@ -388,6 +399,7 @@ class SelectiveTest:
             region=region,
             alternative=alt,
             termination=settings.termination,
+            complete=outcome.complete,
             settings={
                 "threshold": self.threshold,
                 "connectivity": self.connectivity,
@@ -400,6 +412,7 @@ class SelectiveTest:
                 "permutations": permutations,
                 "seed": seed,
                 "batches": outcome.batches,
+                "on_budget": on_budget,
                 "covariance": repr(self.covariance),
                 "reference_covariance": repr(self.reference_covariance),
             },

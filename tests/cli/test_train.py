@@ -70,8 +70,8 @@ def test_empty_data_folder_is_an_input_error(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "Give exactly one of --data DIR and --synthetic"),
-        (["--synthetic", "iid", "--data", "."], "Give exactly one of --data DIR and --synthetic"),
+        ([], "Give exactly one of --data DIR, --synthetic"),
+        (["--synthetic", "iid", "--data", "."], "Give exactly one of --data DIR, --synthetic"),
         (["--data", ".", "--size", "8"], "--size applies to --synthetic only"),
         (["--synthetic", "gauss"], "Invalid value for '--synthetic'"),
     ],

@@ -289,3 +289,30 @@ def test_search_gives_up_on_a_boundary_it_cannot_step_past():
 
     with pytest.raises(InferenceError, match="could not step past a decision boundary"):
         parametric_search(evaluate, 0.25, 1.0, SearchSettings(batch_size=2))
+
+
+def test_oc_termination_is_one_evaluation_with_the_exact_oc_p(test):
+    x, r = _null_pair(test, 4, shift=1.0)
+    full = test.run(x, r, termination="exhaustive")
+    fast = test.run(x, r, termination="oc")
+    assert fast.evaluations == 1
+    assert fast.p_oc == full.p_oc
+    lo, hi = fast.p_bounds_full
+    assert lo <= full.p_full <= hi
+
+
+@pytest.mark.parametrize("budget", [1, 5, 40], ids=["b1", "b5", "b40"])
+def test_stopping_at_the_budget_keeps_honest_bounds(test, budget):
+    x, r = _null_pair(test, 5, shift=0.5)
+    full = test.run(x, r, termination="exhaustive")
+    assert full.evaluations > 40
+    cut = test.run(x, r, max_evaluations=budget, on_budget="stop", batch_size=4)
+    assert not cut.complete and cut.evaluations <= budget
+    for p, (lo, hi) in (
+        (full.p_full, cut.p_bounds_full),
+        (full.p_component, cut.p_bounds_component),
+    ):
+        assert lo - 1e-12 <= p <= hi + 1e-12
+    assert cut.p_oc == full.p_oc
+    with pytest.raises(ConfigError, match='"on_budget" must be'):
+        test.run(x, r, on_budget="sometimes")

@@ -3,9 +3,10 @@
 The template's brain mask, warped to the scan by the affine registration, is the first
 choice (:mod:`medsi.transforms.spatial`); a mask the user gives wins over both. When the
 registration fails its quality check, :func:`intensity_brain_mask` finds the head from the
-intensities alone: Otsu's threshold, an opening that cuts thin bridges (skull, scalp, eyes),
-the largest connected component, a closing and hole filling. With the skull still on, this
-is a head mask rather than a brain mask, and the report says which mask was used.
+intensities alone: Otsu's threshold on log intensities, an opening that cuts thin bridges
+(skull, scalp, eyes), the largest connected component, a closing and hole filling. With the
+skull still on, this is a head mask rather than a brain mask, and the report says which mask
+was used.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def intensity_brain_mask(
             "the image holds no contrast (constant or empty), so no brain mask can be found; "
             "check the file, or pass --mask FILE."
         )
-    foreground = (image > otsu_threshold(values)) & valid
+    # Otsu on log intensities: bright fluid (CSF, eyes) would otherwise pull the cut between
+    # tissue and fluid instead of between the head and the background
+    shifted = np.log1p(np.clip(image - values.min(), 0, None))
+    foreground = (shifted > otsu_threshold(shifted[valid])) & valid
     ball = _ball(opening_mm, spacing)
     opened = ndimage.binary_opening(foreground, structure=ball)
     if not opened.any():

@@ -1,0 +1,175 @@
+"""``medsi run``: analyse one scan end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["run"]
+
+
+def _common_options(function):
+    options = [
+        click.option(
+            "--model",
+            type=click.Path(exists=True, file_okay=False, path_type=Path),
+            help="Model bundle folder [default: the bundled MRI model].",
+        ),
+        click.option("--alpha", type=float, default=0.05, show_default=True),
+        click.option("--threshold", type=float, help="lambda [default: the bundle's]."),
+        click.option(
+            "--score",
+            type=click.Choice(["signed", "absolute"]),
+            default="signed",
+            show_default=True,
+            help="signed: only brighter-than-normal findings (FLAIR lesions); absolute: both.",
+        ),
+        click.option(
+            "--event", type=click.Choice(["full", "component"]), default="full", show_default=True
+        ),
+        click.option(
+            "--unit",
+            type=click.Choice(["lesion", "slice"]),
+            default="lesion",
+            show_default=True,
+            help="lesion: 3-D components across slices; slice: components per slice.",
+        ),
+        click.option(
+            "--termination",
+            type=click.Choice(["decision", "precision", "exhaustive", "oc"]),
+            default="decision",
+            show_default=True,
+            help="How far each search goes: decision (until the p's side of alpha is certain), "
+            "precision, exhaustive, or oc (one evaluation: the over-conditioned p; fastest).",
+        ),
+        click.option(
+            "--alternative",
+            type=click.Choice(["two-sided", "greater"]),
+            default="two-sided",
+            show_default=True,
+        ),
+        click.option(
+            "--max-evaluations",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Line points per lesion; a search stopped there decides by its p's upper bound.",
+        ),
+        click.option("--device", default="cpu", show_default=True, help="Torch device."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bars or stage messages."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _settings(
+    alpha, threshold, score, event, unit, termination, alternative, max_evaluations, device, seed
+):
+    from medsi.pipeline.settings import RunSettings
+
+    return RunSettings(
+        max_evaluations=max_evaluations,
+        alpha=alpha,
+        threshold=threshold,
+        score=score,
+        event=event,
+        unit=unit,
+        termination=termination,
+        alternative=alternative,
+        device=device,
+        seed=seed,
+    )
+
+
+def _bundle(model):
+    if model is None:
+        return None
+    from medsi.model import load_bundle
+
+    return load_bundle(model)
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Output folder [default: ./<input name>_medsi].",
+)
+@_common_options
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--series", help="SeriesInstanceUID of the DICOM series to use.")
+@click.option("--volume", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--registered", is_flag=True, help="The input is already in template space.")
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, path_type=Path),
+    help="Reference scan (e.g. an earlier scan of the patient) instead of the reference bank.",
+)
+def run(
+    input_path,
+    output,
+    model,
+    alpha,
+    threshold,
+    score,
+    event,
+    unit,
+    termination,
+    alternative,
+    max_evaluations,
+    device,
+    seed,
+    quiet,
+    mask,
+    series,
+    volume,
+    registered,
+    reference,
+) -> None:
+    """Find anomalies in a brain MRI (NIfTI file or DICOM folder), each with a valid p-value.
+
+    Writes lesions.nii.gz (lesion ids on the input's grid) and report.json to the output
+    folder and prints a table of the lesions.
+    """
+    from medsi.pipeline.run import analyse_scan, format_lesion_table, write_outputs
+
+    settings = _settings(
+        alpha,
+        threshold,
+        score,
+        event,
+        unit,
+        termination,
+        alternative,
+        max_evaluations,
+        device,
+        seed,
+    )
+    log = (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
+    analysis = analyse_scan(
+        input_path,
+        _bundle(model),
+        settings,
+        reference=reference,
+        registered=registered,
+        mask=mask,
+        volume=volume,
+        series=series,
+        progress=not quiet,
+        log=log,
+    )
+    if output is None:
+        name = input_path.name.removesuffix(".gz").removesuffix(".nii")
+        output = Path.cwd() / f"{name}_medsi"
+    files = write_outputs(analysis, output)
+    if not quiet:
+        for note in analysis.scan.notes:
+            click.echo(f"- {note}")
+    click.echo(format_lesion_table(analysis))
+    click.echo(analysis.report()["summary"])
+    click.echo(f"Wrote {files['labels']} and {files['report']}.")

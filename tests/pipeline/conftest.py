@@ -1,0 +1,30 @@
+import pytest
+
+from medsi.pipeline.default_bundle import build_mri_bundle
+
+TINY_MRI_RECIPE = {
+    "model": {"channels": [4, 8], "time_embed_dim": 8},
+    "diffusion": {"start_timestep": 460, "num_steps": 2, "eta": 1.0, "seed": 0},
+    "score": {"kernel_size": 3, "signed": True},
+    "training": {"epochs": 2, "batch_size": 32, "learning_rate": 1e-3, "seed": 0},
+    "covariance": {"kind": "isotropic"},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_mri_bundle(tmp_path_factory):
+    """A tiny MRI bundle from three 2 mm phantoms (one trained on, two held out): plumbing."""
+    from medsi.model import load_bundle
+
+    folder = tmp_path_factory.mktemp("mri") / "bundle"
+    build_mri_bundle(
+        folder,
+        n_subjects=3,
+        heldout_subjects=2,
+        recipe=TINY_MRI_RECIPE,
+        threshold_quantile=0.995,
+        phantom_spacing_mm=2.0,
+        progress=False,
+        log=lambda _: None,
+    )
+    return load_bundle(folder)

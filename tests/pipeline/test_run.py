@@ -1,0 +1,112 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medsi.cli.main import main
+from medsi.data import LesionConfig, PhantomConfig, make_phantom, save_nifti
+from medsi.pipeline.inference import find_lesions, holm_adjust
+from medsi.pipeline.run import analyse_scan, format_lesion_table, write_outputs
+from medsi.pipeline.settings import RunSettings
+
+EXAMPLE = "medsi/assets/examples/S0_10slices.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def lesion_phantom(tmp_path_factory):
+    config = PhantomConfig(
+        spacing_mm=2.0, lesions=LesionConfig(count=2, radius_mm=(6, 9), contrast=1.5)
+    )
+    phantom = make_phantom(123, config)
+    path = tmp_path_factory.mktemp("scan") / "flair.nii.gz"
+    save_nifti(phantom.image, phantom.affine, path)
+    return phantom, path
+
+
+def test_holm_is_monotone_and_controls_the_family():
+    p = np.array([0.001, 0.02, 0.04, 0.5])
+    adjusted = holm_adjust(p)
+    assert np.all(adjusted >= p) and adjusted.tolist() == pytest.approx([0.004, 0.06, 0.08, 0.5])
+    assert holm_adjust([]).size == 0
+
+
+def test_lesions_are_3d_components_largest_first():
+    s = np.zeros((3, 6, 6), bool)
+    s[0:3, 1:3, 1:3] = True  # one lesion across three planes
+    s[1, 5, 5] = True
+    labels = find_lesions(s, "lesion")
+    assert labels.max() == 2 and (labels == 1).sum() == 12
+    assert find_lesions(s, "slice").max() == 4
+
+
+def _few_lesions_threshold(bundle, path, quantile=0.9995):
+    """A lambda that selects only the brightest few voxels of this scan (keeps tests short)."""
+    from medsi.pipeline.preprocess import prepare_scan
+    from medsi.pipeline.run import grid_of_bundle
+    from medsi.si import LineEvaluator
+
+    scan = prepare_scan(path, grid_of_bundle(bundle))
+    scores = LineEvaluator(bundle.score(), 0.0).score_map(scan.slices)
+    return float(np.quantile(scores[scan.brain], quantile))
+
+
+def test_a_lesion_phantom_gives_a_report_and_a_native_label_map(
+    tiny_mri_bundle, lesion_phantom, tmp_path
+):
+    phantom, path = lesion_phantom
+    threshold = _few_lesions_threshold(tiny_mri_bundle, path)
+    settings = RunSettings(threshold=threshold)
+    analysis = analyse_scan(path, tiny_mri_bundle, settings, progress=False)
+    files = write_outputs(analysis, tmp_path / "out")
+    report = json.loads(files["report"].read_text())
+    labels = nib.load(files["labels"])
+    assert labels.shape == phantom.image.shape
+    assert np.allclose(labels.affine, phantom.affine, atol=1e-4)
+    assert report["input"]["shape"] == list(phantom.image.shape)
+    assert report["model"]["content_hash"] == tiny_mri_bundle.content_hash
+    assert len(report["lesions"]) == int(np.asarray(labels.dataobj).max())
+    for lesion in report["lesions"]:
+        lo, hi = lesion["p_selective_bounds"]
+        assert 0 <= lo <= lesion["p_selective"] <= hi <= 1
+        assert lesion["p_holm"] >= hi - 1e-12
+        assert lesion["significant"] == (lesion["p_holm"] < 0.05)
+    assert 1 <= len(report["lesions"]) <= 30
+    assert any("registered the template" in n for n in report["notes"])
+    assert "p selective" in format_lesion_table(analysis).splitlines()[0]
+
+
+def test_no_findings_is_a_normal_result(tiny_mri_bundle, lesion_phantom, tmp_path):
+    _, path = lesion_phantom
+    analysis = analyse_scan(path, tiny_mri_bundle, RunSettings(threshold=1e6), progress=False)
+    report = analysis.report()
+    assert report["lesions"] == [] and report["summary"].startswith("no findings")
+    files = write_outputs(analysis, tmp_path / "none")
+    assert not np.asarray(nib.load(files["labels"]).dataobj).any()
+
+
+def test_cli_runs_on_the_bundled_real_scan(tiny_mri_bundle, tmp_path):
+    out = tmp_path / "s0"
+    result = CliRunner().invoke(
+        main,
+        ["run", EXAMPLE, "--model", str(tiny_mri_bundle.path), "-o", str(out), "--quiet",
+         "--threshold", "1e6"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "No findings" in result.output
+    assert f"Wrote {out / 'lesions.nii.gz'}" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["shape"] == [128, 128, 10]
+    assert report["mask"]
+
+
+def test_cli_bad_input_is_one_line_and_exit_1(tiny_mri_bundle, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    result = CliRunner().invoke(
+        main, ["run", str(bad), "--model", str(tiny_mri_bundle.path), "-o", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "broken.nii.gz" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o" / "report.json").exists()
