@@ -17,3 +17,11 @@ def test_ci_runs_the_readme_test_command():
     command = 'pip install -e ".[dev]" && python -m pytest'
     assert command in README.read_text()
     assert command in ci
+
+
+def test_readme_main_job_uses_the_bundled_example_and_model():
+    text = README.read_text()
+    command = re.search(r"pip install \. && (medsi run \S+.*)", text).group(1)
+    example = command.split()[2]
+    assert (README.parent / example).is_file()
+    assert (README.parent / "medsi" / "assets" / "default_bundle" / "manifest.json").is_file()
