@@ -65,25 +65,6 @@ def _common_options(function):
     return function
 
 
-def _settings(
-    alpha, threshold, score, event, unit, termination, alternative, max_evaluations, device, seed
-):
-    from medsi.pipeline.settings import RunSettings
-
-    return RunSettings(
-        max_evaluations=max_evaluations,
-        alpha=alpha,
-        threshold=threshold,
-        score=score,
-        event=event,
-        unit=unit,
-        termination=termination,
-        alternative=alternative,
-        device=device,
-        seed=seed,
-    )
-
-
 def _bundle(model):
     if model is None:
         return None
@@ -101,9 +82,19 @@ def _bundle(model):
     help="Output folder [default: ./<input name>_medsi].",
 )
 @_common_options
-@click.option("--mask", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Brain mask (NIfTI on the input's grid); wins over the automatic masks.",
+)
 @click.option("--series", help="SeriesInstanceUID of the DICOM series to use.")
-@click.option("--volume", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--volume",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Which volume of a 4-D file.",
+)
 @click.option("--registered", is_flag=True, help="The input is already in template space.")
 @click.option(
     "--reference",
@@ -111,25 +102,7 @@ def _bundle(model):
     help="Reference scan (e.g. an earlier scan of the patient) instead of the reference bank.",
 )
 def run(
-    input_path,
-    output,
-    model,
-    alpha,
-    threshold,
-    score,
-    event,
-    unit,
-    termination,
-    alternative,
-    max_evaluations,
-    device,
-    seed,
-    quiet,
-    mask,
-    series,
-    volume,
-    registered,
-    reference,
+    input_path, output, model, quiet, mask, series, volume, registered, reference, **options
 ) -> None:
     """Find anomalies in a brain MRI (NIfTI file or DICOM folder), each with a valid p-value.
 
@@ -137,19 +110,9 @@ def run(
     folder and prints a table of the lesions.
     """
     from medsi.pipeline.run import analyse_scan, format_lesion_table, write_outputs
+    from medsi.pipeline.settings import RunSettings
 
-    settings = _settings(
-        alpha,
-        threshold,
-        score,
-        event,
-        unit,
-        termination,
-        alternative,
-        max_evaluations,
-        device,
-        seed,
-    )
+    settings = RunSettings(**options)  # the common options are RunSettings' fields
     log = (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
     analysis = analyse_scan(
         input_path,

@@ -45,6 +45,7 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
+from medsi.data.synthetic import _count
 from medsi.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -226,14 +227,6 @@ def _check_rng(rng) -> None:
             f'"rng" must be a numpy.random.Generator, got {type(rng).__name__}; '
             "pass numpy.random.default_rng(seed)."
         )
-
-
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f'"{name}" must be an int, got {type(value).__name__}; pass an integer.')
-    if value < 1:
-        raise ConfigError(f'"{name}" must be an integer >= 1, got {value}; pass a larger value.')
-    return int(value)
 
 
 # ------------------------------------------------------------------------------ W1 solver

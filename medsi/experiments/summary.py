@@ -105,9 +105,7 @@ def write_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(
-            {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
-        )
+        writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buffer.getvalue()
 
 
@@ -119,9 +117,7 @@ def format_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         noise = r["family"] if r["family"] == "normal" else f"{r['family']}@{r['distance']:g}"
-        band = (
-            f"{r['band_low']:.3f}-{r['band_high']:.3f}" if np.isfinite(r["band_low"]) else "-"
-        )
+        band = f"{r['band_low']:.3f}-{r['band_high']:.3f}" if np.isfinite(r["band_low"]) else "-"
         ks = f"{r['ks_pvalue']:.3f}" if np.isfinite(r["ks_pvalue"]) else "-"
         lines.append(
             f"{r['group']:<10} {r['kind']:<5} {r['size']:>4} {r['signal']:>6g} {noise:<14} "
@@ -149,8 +145,14 @@ def plot_summary(rows: list[dict], alpha: float, folder: Path) -> list[Path]:
     figures = (
         ("null", "size", "image side (pixels)", "type-I error", "type1_error.png", "kind"),
         ("power", "signal", "signal", "power", "power.png", "kind"),
-        ("robustness", "distance", "1-Wasserstein distance", "type-I error", "robustness.png",
-         "family"),
+        (
+            "robustness",
+            "distance",
+            "1-Wasserstein distance",
+            "type-I error",
+            "robustness.png",
+            "family",
+        ),
     )
     for group, x_key, x_label, y_label, name, panel_key in figures:
         group_rows = [r for r in rows if r["group"] == group]

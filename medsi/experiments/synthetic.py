@@ -196,9 +196,7 @@ def run_task(
     from medsi.si.baselines import permutation_p_value
 
     x, reference, truth = draw_images(task, settings.seed)
-    test = _selective_test(
-        model_path, task.kind, task.size, settings.score == "signed", threshold
-    )
+    test = _selective_test(model_path, task.kind, task.size, settings.score == "signed", threshold)
     selected = test.select(x)
     record = {"task": task.task_id, **dataclasses.asdict(task)}
     record["selected_pixels"] = int(selected.sum())

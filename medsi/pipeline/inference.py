@@ -170,6 +170,9 @@ def test_lesions(
     list of LesionResult
         In lesion-id order.
     """
+    from medsi.si import LineEvaluator
+
+    evaluator = LineEvaluator(score, threshold, device=device)  # one model copy for all lesions
     results = []
     count = int(labels.max())
     for lesion_id in tqdm(range(1, count + 1), desc="lesions", disable=not progress or not count):
@@ -183,7 +186,7 @@ def test_lesions(
             lo, hi = max(planes[0] - 1, 0), min(planes[-1] + 2, len(slices))
         window = slice(lo, hi)
         test = SelectiveTest(
-            score,
+            evaluator,
             threshold,
             covariance=covariance,
             reference_covariance=list(reference_covariances[window]),

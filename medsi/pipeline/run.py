@@ -129,7 +129,8 @@ class ScanAnalysis:
                     "z": res.statistic / res.sigma,
                     "p_naive": res.p_naive,
                     "p_oc": res.p_oc,
-                    "p_selective": res.p_selective,
+                    # with termination oc only the oc p is exact: no point value then
+                    "p_selective": None if lesion.p_method == "oc" else res.p_selective,
                     "p_selective_bounds": list(res.p_bounds),
                     "p_full": res.p_full,
                     "p_full_bounds": list(res.p_bounds_full),
@@ -379,7 +380,7 @@ def format_lesion_table(analysis: ScanAnalysis) -> str:
     if not records:
         return "No findings: the model selected nothing on the kept planes."
     head = (
-        f"{'id':>3} {'planes':>9} {'voxels':>7} {'vol mm3':>9} {'diff':>7} {'z':>6} "
+        f"{'id':>3} {'grid planes':>11} {'voxels':>7} {'vol mm3':>9} {'diff':>7} {'z':>6} "
         f"{'p naive':>9} {'p oc':>9} {'p selective':>21} {'p Holm':>9} {'sig':>4}"
     )
     lines = [head]
@@ -387,9 +388,10 @@ def format_lesion_table(analysis: ScanAnalysis) -> str:
         planes = r["model_planes"]
         span = f"{planes[0]}-{planes[-1]}" if len(planes) > 1 else f"{planes[0]}"
         lo, hi = r["p_selective_bounds"]
-        p_sel = f"{r['p_selective']:.3g}" if hi - lo < 1e-6 else f"[{lo:.2g}, {hi:.2g}]"
+        exact = r["p_selective"] is not None and hi - lo < 1e-6
+        p_sel = f"{r['p_selective']:.3g}" if exact else f"[{lo:.2g}, {hi:.2g}]"
         lines.append(
-            f"{r['id']:>3} {span:>9} {r['voxels']:>7} {r['volume_mm3']:>9.0f} "
+            f"{r['id']:>3} {span:>11} {r['voxels']:>7} {r['volume_mm3']:>9.0f} "
             f"{r['mean_difference']:>7.2f} {r['z']:>6.2f} {r['p_naive']:>9.2g} "
             f"{r['p_oc']:>9.2g} {p_sel:>21} {r['p_holm']:>9.2g} "
             f"{'yes' if r['significant'] else 'no':>4}"

@@ -114,7 +114,9 @@ class SelectiveTest:
     score
         Torch module mapping (B, 1, H, W) images to (B, 1, H, W) scores, piecewise
         linear in the images (e.g. the averaged absolute difference between an image and
-        its diffusion reconstruction). Checked before use.
+        its diffusion reconstruction). Checked before use. A
+        :class:`~medsi.si.LineEvaluator` built with the same threshold and no mask may be
+        passed instead, to share one float64 copy of the model between many tests.
     threshold
         lambda; pixels with a score strictly above it are selected.
     covariance
@@ -171,7 +173,17 @@ class SelectiveTest:
                     )
         self.mask = None if mask is None else np.asarray(mask, bool)
         slice_mask = self.mask if self.mask is None or self.mask.ndim == 2 else None
-        self.evaluator = LineEvaluator(score, threshold, mask=slice_mask, device=device)
+        if isinstance(score, LineEvaluator):
+            # an evaluator already built (float64 copy, checked) for this score and threshold:
+            # many tests on one scan share it instead of copying the model each time
+            if score.threshold != float(threshold) or score.mask is not None:
+                raise ConfigError(
+                    f'"score" is a LineEvaluator with threshold {score.threshold} and a mask; '
+                    f"pass one built with threshold {float(threshold)} and no mask."
+                )
+            self.evaluator = score
+        else:
+            self.evaluator = LineEvaluator(score, threshold, mask=slice_mask, device=device)
         self.threshold = float(threshold)
         self.connectivity = int(connectivity)
 

@@ -51,7 +51,16 @@ def test_fingerprint_changes_with_settings():
         ({"n": 0}, '"n" must hold integers >= 1'),
     ],
     ids=[
-        "kind", "size", "signal", "method", "score", "alpha", "termination", "family", "seed", "n"
+        "kind",
+        "size",
+        "signal",
+        "method",
+        "score",
+        "alpha",
+        "termination",
+        "family",
+        "seed",
+        "n",
     ],
 )
 def test_bad_values_are_refused(values, match):

@@ -70,6 +70,7 @@ def test_a_lesion_phantom_gives_a_report_and_a_native_label_map(
     for lesion in report["lesions"]:
         lo, hi = lesion["p_selective_bounds"]
         assert 0 <= lo <= lesion["p_selective"] <= hi <= 1
+        assert lesion["p_decisive"] == hi and lesion["p_method"] == "selective"
         assert lesion["p_holm"] >= hi - 1e-12
         assert lesion["significant"] == (lesion["p_holm"] < 0.05)
     assert 1 <= len(report["lesions"]) <= 30

@@ -316,3 +316,14 @@ def test_stopping_at_the_budget_keeps_honest_bounds(test, budget):
     assert cut.p_oc == full.p_oc
     with pytest.raises(ConfigError, match='"on_budget" must be'):
         test.run(x, r, on_budget="sometimes")
+
+
+def test_a_shared_evaluator_gives_the_same_result(score, test):
+    from medsi.si import LineEvaluator
+
+    x, r = _null_pair(test, 6)
+    shared = SelectiveTest(LineEvaluator(score, THRESHOLD), THRESHOLD, covariance=Isotropic(1.0))
+    a, b = test.run(x, r), shared.run(x, r)
+    assert a.p_full == b.p_full and a.evaluations == b.evaluations
+    with pytest.raises(ConfigError, match="LineEvaluator with threshold"):
+        SelectiveTest(LineEvaluator(score, THRESHOLD), THRESHOLD + 1)

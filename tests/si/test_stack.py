@@ -122,7 +122,7 @@ def test_per_slice_reference_covariances_and_masks(score):
     region = connected_regions(test.select(x), 1)[0]
     res = test.run(x, rng.normal(size=(3, 8, 8)), region=region)
     counts = region.sum(axis=(1, 2))
-    expected = (counts.sum() + sum(c * v.variance for c, v in zip(counts, refs, strict=True)))
+    expected = counts.sum() + sum(c * v.variance for c, v in zip(counts, refs, strict=True))
     assert res.sigma == pytest.approx(np.sqrt(expected) / counts.sum())
     with pytest.raises(ConfigError, match="holds 2 covariances but the stack has 3 slices"):
         SelectiveTest(score, THRESHOLD, reference_covariance=refs[:2]).run(x, x, region=region)
