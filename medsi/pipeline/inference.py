@@ -19,7 +19,7 @@ from medsi.errors import ConfigError
 from medsi.si import SelectiveResult, SelectiveTest
 from medsi.si.covariance import Covariance
 
-__all__ = ["LesionResult", "find_lesions", "test_lesions", "holm_adjust", "UNITS"]
+__all__ = ["LesionResult", "find_lesions", "assess_lesions", "holm_adjust", "UNITS"]
 
 UNITS = ("lesion", "slice")
 """``lesion``: 3-D connected components across planes; ``slice``: components per plane."""
@@ -116,7 +116,7 @@ def holm_adjust(p_values) -> np.ndarray:
     return adjusted
 
 
-def test_lesions(
+def assess_lesions(
     score,
     threshold: float,
     slices: np.ndarray,

@@ -22,7 +22,7 @@ import numpy as np
 from medsi import __version__
 from medsi.atomic import atomic_write_bytes, atomic_write_text
 from medsi.errors import ConfigError
-from medsi.pipeline.inference import LesionResult, find_lesions, holm_adjust, test_lesions
+from medsi.pipeline.inference import LesionResult, assess_lesions, find_lesions, holm_adjust
 from medsi.pipeline.preprocess import PreparedScan, prepare_scan
 from medsi.pipeline.settings import RunSettings
 from medsi.transforms.spatial import ModelGrid, default_model_grid, grid_to_native
@@ -304,7 +304,7 @@ def analyse_scan(
     seconds["select"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    lesions = test_lesions(
+    lesions = assess_lesions(
         score,
         threshold,
         scan.slices,
