@@ -111,3 +111,29 @@ def test_cli_bad_input_is_one_line_and_exit_1(tiny_mri_bundle, tmp_path):
     assert result.exit_code == 1
     assert "broken.nii.gz" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_user_mask_and_registered_input_are_used_and_reported(
+    tiny_mri_bundle, lesion_phantom, tmp_path
+):
+    phantom, path = lesion_phantom
+    mask_path = tmp_path / "brain.nii.gz"
+    save_nifti(phantom.brain_mask, phantom.affine, mask_path)
+    analysis = analyse_scan(
+        path,
+        tiny_mri_bundle,
+        RunSettings(threshold=1e6),
+        mask=mask_path,
+        registered=True,
+        progress=False,
+    )
+    report = analysis.report()
+    assert report["registration"]["method"] == "identity"
+    assert report["mask"].startswith("user mask brain.nii.gz")
+    assert any(n.startswith("no registration") for n in report["notes"])
+    wrong = tmp_path / "wrong.nii.gz"
+    save_nifti(phantom.brain_mask[:-2], phantom.affine, wrong)
+    from medsi.errors import InputDataError
+
+    with pytest.raises(InputDataError, match="must be on the scan's voxel grid"):
+        analyse_scan(path, tiny_mri_bundle, RunSettings(), mask=wrong, progress=False)
