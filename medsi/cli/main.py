@@ -9,7 +9,7 @@ import click
 from medsi import __version__
 from medsi.cli.experiment import experiment
 from medsi.cli.info import info
-from medsi.cli.run import run
+from medsi.cli.run import demo, run
 from medsi.cli.train import train
 from medsi.errors import MedsiError
 
@@ -62,3 +62,4 @@ main.add_command(train)
 main.add_command(info)
 main.add_command(experiment)
 main.add_command(run)
+main.add_command(demo)

@@ -137,3 +137,34 @@ def test_user_mask_and_registered_input_are_used_and_reported(
 
     with pytest.raises(InputDataError, match="must be on the scan's voxel grid"):
         analyse_scan(path, tiny_mri_bundle, RunSettings(), mask=wrong, progress=False)
+
+
+def test_demo_scores_findings_against_the_truth(tiny_mri_bundle, tmp_path):
+    from medsi.pipeline.demo import match_lesions
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        main,
+        ["demo", "-o", str(out), "--model", str(tiny_mri_bundle.path), "--lesions", "2",
+         "--termination", "oc", "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "inserted lesion(s) detected" in result.output
+    rows = json.loads((out / "demo.json").read_text())
+    assert [r["truth_id"] for r in rows] == [1, 2]
+    assert (out / "phantom" / "demo_lesions.nii.gz").is_file() and (out / "report.json").is_file()
+    # match_lesions on a hand-made case
+    truth = np.zeros((4, 4, 4), np.int16)
+    truth[0, 0, 0] = 1
+    truth[3, 3, 3] = 2
+
+    class _Fake:
+        native_labels = np.zeros((4, 4, 4), np.int16)
+
+        def lesion_records(self):
+            return [{"id": 1, "p_holm": 0.01, "significant": True}]
+
+    _Fake.native_labels[0, 0, 0] = 1
+    matched = match_lesions(truth, _Fake())
+    assert matched[0]["detected"] and matched[0]["found"] == [1]
+    assert not matched[1]["detected"] and matched[1]["best_p_holm"] is None
