@@ -41,7 +41,6 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from importlib.resources import as_file, files
 from pathlib import Path
 from types import MappingProxyType
 
@@ -50,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from medsi.errors import ConfigError, InputDataError
+from medsi.assets import read_atlas
+from medsi.errors import ConfigError
 
 __all__ = [
     "BRATS_SHAPE",
@@ -79,11 +79,6 @@ BRATS_CENTER_MM = (-0.5, -17.5, 14.0)
 NOMINAL_INTENSITY = MappingProxyType({"csf": 0.12, "grey_matter": 1.15, "white_matter": 1.0})
 """FLAIR-like tissue intensities, relative to white matter, around which subjects are drawn."""
 
-_ATLAS_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "grey_matter": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "white_matter": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
 _FOV_MM = tuple(float(n) for n in BRATS_SHAPE)  # field of view of the 1 mm grid
 _CONTROL_SPACING_MM = 20.0  # knot spacing of the cubic B-spline displacement field
 _CONTROL_HALF_EXTENT_MM = (160.0, 160.0, 120.0)  # the knots cover BRATS_CENTER_MM +- this
@@ -420,32 +415,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- template
 
 
-def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    try:
-        image = nib.load(path)
-        return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, float)
-    except Exception as e:  # missing file, truncated gzip, not NIfTI, ...
-        raise InputDataError(
-            f'"{path.name}" could not be read as a NIfTI image ({type(e).__name__}: {e}); '
-            "reinstall medsi to restore medsi/assets/atlas."
-        ) from e
-
-
 @lru_cache(maxsize=1)
 def _template_volumes() -> tuple[Template, torch.Tensor]:
-    volumes, affines = {}, []
-    for key, name in _ATLAS_FILES.items():
-        with as_file(files("medsi.assets") / "atlas" / name) as path:
-            volumes[key], affine = _read_volume(Path(path))
-        affines.append(affine)
-    shapes = {v.shape for v in volumes.values()}
-    if len(shapes) != 1 or any(not np.allclose(a, affines[0]) for a in affines):
-        raise InputDataError(
-            f"the template volumes must share one grid, got shapes {sorted(shapes)}; "
-            "reinstall medsi to restore medsi/assets/atlas."
-        )
+    volumes, affine = read_atlas()
     brain = volumes["t1"] > 0
     # Channels sampled together for every subject: grey matter, white matter, brain, and the
     # distance (mm) outside a smoothed brain envelope that places the skull and scalp.
@@ -470,7 +442,7 @@ def _template_volumes() -> tuple[Template, torch.Tensor]:
         white_matter=_read_only(stack[1].view()),
         csf=_read_only(csf),
         brain_mask=_read_only(brain),
-        affine=_read_only(affines[0]),
+        affine=_read_only(affine.copy()),
     )
     return template, torch.from_numpy(stack)[None]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import medsi.data.phantom as phantom_module
+import medsi.assets as assets
 from medsi.data.phantom import (
     BRATS_CENTER_MM,
     NOMINAL_INTENSITY,
@@ -14,7 +14,6 @@ from medsi.data.phantom import (
     Phantom,
     PhantomConfig,
     PhantomSubject,
-    _read_volume,
     brats_grid,
     draw_subject,
     load_template,
@@ -71,13 +70,13 @@ def test_unreadable_template_file(tmp_path):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(b"not a nifti file")
     with pytest.raises(InputDataError, match='"broken.nii.gz" could not be read as a NIfTI'):
-        _read_volume(bad)
+        assets.read_volume(bad)
 
 
 def test_missing_template_file(monkeypatch):
-    monkeypatch.setitem(phantom_module._ATLAS_FILES, "t1", "missing_t1.nii.gz")
+    monkeypatch.setitem(assets.ATLAS_FILES, "t1", "missing_t1.nii.gz")
     with pytest.raises(InputDataError, match='"missing_t1.nii.gz" could not be read'):
-        phantom_module._template_volumes.__wrapped__()  # the loader itself, not its cache
+        assets.read_atlas.__wrapped__()  # the reader itself, not its cache
 
 
 def test_template_files_on_different_grids(monkeypatch):
@@ -85,9 +84,9 @@ def test_template_files_on_different_grids(monkeypatch):
         size = 4 if path.name.startswith("mni_icbm152_t1") else 5
         return np.zeros((size,) * 3, dtype=np.float32), np.eye(4)
 
-    monkeypatch.setattr(phantom_module, "_read_volume", fake_read)
+    monkeypatch.setattr(assets, "read_volume", fake_read)
     with pytest.raises(InputDataError, match="the template volumes must share one grid"):
-        phantom_module._template_volumes.__wrapped__()
+        assets.read_atlas.__wrapped__()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ array's axis order, the centre of the voxel) to a world point ``(x, y, z, 1)``.
 from functools import lru_cache
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -34,11 +33,6 @@ RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "assets" / "atlas"
 """Folder of the bundled MNI152 2009a symmetric template (see its README.md)."""
 
-_TEMPLATE_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
 
 # Columns of a voxel-to-world matrix count as orthogonal when their cosines are below this.
 _ORTHOGONAL_TOL = 1e-4
@@ -211,12 +205,10 @@ def sitk_to_affine(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _template_volumes() -> dict[str, np.ndarray]:
-    volumes: dict[str, np.ndarray] = {}
-    affine = None
-    for name, file in _TEMPLATE_FILES.items():
-        image = nib.load(TEMPLATE_DIR / file)
-        volumes[name] = np.asarray(image.dataobj, dtype=np.float32)
-        affine = image.affine if affine is None else affine
+    from medsi.assets import read_atlas
+
+    atlas, affine = read_atlas()
+    volumes = {"t1": atlas["t1"], "gm": atlas["grey_matter"], "wm": atlas["white_matter"]}
     volumes["affine"] = np.array(affine, dtype=np.float64)
     volumes["brain"] = volumes["t1"] > 0
     for value in volumes.values():
