@@ -168,3 +168,39 @@ def test_demo_scores_findings_against_the_truth(tiny_mri_bundle, tmp_path):
     matched = match_lesions(truth, _Fake())
     assert matched[0]["detected"] and matched[0]["found"] == [1]
     assert not matched[1]["detected"] and matched[1]["best_p_holm"] is None
+
+
+def test_nifti_and_dicom_copies_give_the_same_lesions(tiny_mri_bundle, lesion_phantom, tmp_path):
+    from medsi.transforms.io import write_dicom_series
+
+    phantom, path = lesion_phantom
+    folder = tmp_path / "dicom"
+    write_dicom_series(phantom.image, phantom.affine, folder)
+    threshold = _few_lesions_threshold(tiny_mri_bundle, path)
+    settings = RunSettings(threshold=threshold, termination="oc")
+    results = [
+        analyse_scan(source, tiny_mri_bundle, settings, progress=False) for source in (path, folder)
+    ]
+    assert results[1].scan.meta["source_format"] == "dicom"
+
+    def lesions_in_world(analysis):
+        # size on the model grid (native counts may differ where a native voxel centre
+        # lies halfway between two grid planes) and centroid on the native grid
+        return sorted(
+            (r["model_voxels"], tuple(np.round(r["centroid_ras_mm"], 1)))
+            for r in analysis.lesion_records()
+            if r["voxels"]
+        )
+
+    nifti, dicom = (lesions_in_world(a) for a in results)
+    assert len(nifti) >= 1
+    # int16 storage in DICOM may flip a voxel sitting on the threshold: every lesion of a few
+    # voxels must be found in both, with its size and centroid (within a 2 mm voxel)
+    for ours, theirs in ((nifti, dicom), (dicom, nifti)):
+        for voxels, centre in ours:
+            if voxels < 4:
+                continue
+            assert any(
+                abs(v - voxels) <= max(1, 0.1 * voxels) and np.allclose(c, centre, atol=2.0)
+                for v, c in theirs
+            ), (voxels, centre, theirs)
