@@ -54,7 +54,8 @@ def _common_options(function):
             type=click.IntRange(min=1),
             default=256,
             show_default=True,
-            help="Line points per lesion; a search stopped there decides by its p's upper bound.",
+            help="Model evaluations (slice images) per lesion; a search stopped there decides "
+            "by its p's upper bound.",
         ),
         click.option("--device", default="cpu", show_default=True, help="Torch device."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),

@@ -157,9 +157,12 @@ def assess_lesions(
         (P, H, W) lesion ids from :func:`find_lesions` on the selection of ``slices``.
     unit
         The ``unit`` the labels were found with.
-    event, termination, alternative, alpha, precision, batch_size, max_evaluations
-        As :meth:`medsi.si.SelectiveTest.run`; a search that reaches ``max_evaluations``
-        stops there with honest bounds (``result.complete`` False).
+    event, termination, alternative, alpha, precision, batch_size
+        As :meth:`medsi.si.SelectiveTest.run`.
+    max_evaluations
+        Budget of model evaluations (slice images) per lesion, so that the time per lesion
+        is bounded whatever its extent; a search that reaches it stops there with honest
+        bounds (``result.complete`` False).
     device
         Torch device of the model.
     progress
@@ -206,7 +209,8 @@ def assess_lesions(
             alpha=alpha,
             precision=precision,
             batch_size=batch_size,
-            max_evaluations=max_evaluations,
+            # the budget counts slice images: a lesion on n planes gets 1/n of the line points
+            max_evaluations=max(1, max_evaluations // len(planes)),
             on_budget="stop",
         )
         results.append(

@@ -43,8 +43,9 @@ class RunSettings:
     batch_size
         Line points per batched model evaluation.
     max_evaluations
-        Budget of line points per lesion; a search that reaches it stops there and its
-        lesion is decided by the upper bound of its p (conservative, still valid).
+        Budget of model evaluations (slice images) per lesion; a search that reaches it
+        stops there and its lesion is decided by the upper bound of its p (conservative,
+        still valid).
     standardisation
         ``"median-mad"`` or ``"trimmed"``.
     device
