@@ -204,3 +204,24 @@ def test_nifti_and_dicom_copies_give_the_same_lesions(tiny_mri_bundle, lesion_ph
                 abs(v - voxels) <= max(1, 0.1 * voxels) and np.allclose(c, centre, atol=2.0)
                 for v, c in theirs
             ), (voxels, centre, theirs)
+
+
+def test_a_reference_scan_replaces_the_reference_bank(tiny_mri_bundle, lesion_phantom, tmp_path):
+    phantom, path = lesion_phantom
+    # the same anatomy rendered with independent noise: a follow-up scan of the same subject
+    again = make_phantom(123, PhantomConfig(spacing_mm=2.0), noise_seed=7)
+    reference = tmp_path / "earlier.nii.gz"
+    save_nifti(again.image, again.affine, reference)
+    threshold = _few_lesions_threshold(tiny_mri_bundle, path)
+    analysis = analyse_scan(
+        path,
+        tiny_mri_bundle,
+        RunSettings(threshold=threshold, termination="oc"),
+        reference=reference,
+        progress=False,
+    )
+    report = analysis.report()
+    assert report["reference"].startswith(f"the reference scan {reference}")
+    assert len(report["lesions"]) >= 1
+    for lesion in report["lesions"]:
+        assert lesion["p_method"] == "oc" and 0 <= lesion["p_oc"] <= 1
