@@ -21,7 +21,7 @@ import numpy as np
 
 from medsi import __version__
 from medsi.atomic import atomic_write_bytes, atomic_write_text
-from medsi.errors import ConfigError
+from medsi.errors import ConfigError, InputDataError
 from medsi.pipeline.inference import LesionResult, assess_lesions, find_lesions, holm_adjust
 from medsi.pipeline.preprocess import PreparedScan, prepare_scan
 from medsi.pipeline.settings import RunSettings
@@ -200,6 +200,37 @@ class ScanAnalysis:
         }
 
 
+def _pair_noise_covariance(scan: PreparedScan, ref_scan: PreparedScan, bundle):
+    """Noise covariance of one scan, estimated from a test-reference pair of one subject.
+
+    The bundle's covariance describes how normal brains of *other* subjects differ from the
+    reference bank (anatomy and noise); a reference scan of the same subject differs only by
+    noise, often hundreds of times less. With independent noise of one law in both scans,
+    x - r has covariance 2 S over the brain; S is estimated from it (the bundle's kind and
+    radius, no mean removed) as if the null held on almost every voxel, which lesions only
+    make conservative. A plug-in estimate, as the noise level of a new scan is not known.
+    """
+    from medsi.si.estimate import estimate_covariance
+
+    both = scan.brain & ref_scan.brain
+    planes = np.flatnonzero(both.any(axis=(1, 2)))
+    if len(planes) < 1:
+        raise InputDataError(
+            "the scan and the reference share no brain voxels on the model grid; check that "
+            "they show the same head (and pass --registered only if both are in template space)."
+        )
+    difference = (scan.slices - ref_scan.slices)[planes]
+    cov = bundle.config["covariance"]
+    estimate = estimate_covariance(
+        np.concatenate([difference, -difference]),  # a symmetric pair: no mean to remove
+        cov["kind"],
+        cov["radius"],
+        dof=2 * len(planes),
+        mask=np.concatenate([both[planes], both[planes]]),
+    )
+    return estimate.scaled(0.5)
+
+
 def _finite_or_none(value: float):
     return float(value) if np.isfinite(value) else None
 
@@ -271,6 +302,7 @@ def analyse_scan(
         has_reference = np.zeros(grid.n_planes, bool)
         has_reference[: len(counts)] = counts[: grid.n_planes] > 0
         references = np.zeros_like(scan.slices)
+        covariance = bundle.covariance
         reference_covariances = [bundle.covariance] * grid.n_planes
         for p in np.flatnonzero(kept & has_reference):
             references[p], reference_covariances[p] = bundle.reference(int(p))
@@ -280,8 +312,12 @@ def analyse_scan(
         ref_scan = prepare_scan(reference, grid, registered=registered, **options)
         references = ref_scan.slices
         has_reference = ref_scan.kept
-        reference_covariances = [bundle.covariance] * grid.n_planes
-        reference_text = f"the reference scan {reference} (--reference)"
+        covariance = _pair_noise_covariance(scan, ref_scan, bundle)
+        reference_covariances = [covariance] * grid.n_planes
+        reference_text = (
+            f"the reference scan {reference} (--reference); noise covariance estimated on the "
+            "pair's brain voxels"
+        )
     dropped = kept & ~has_reference
     kept &= has_reference
     notes = list(scan.notes)
@@ -310,7 +346,7 @@ def analyse_scan(
         scan.slices,
         references,
         brain,
-        bundle.covariance,
+        covariance,
         reference_covariances,
         labels,
         unit=settings.unit,

@@ -223,5 +223,17 @@ def test_a_reference_scan_replaces_the_reference_bank(tiny_mri_bundle, lesion_ph
     report = analysis.report()
     assert report["reference"].startswith(f"the reference scan {reference}")
     assert len(report["lesions"]) >= 1
+    # the noise covariance comes from the pair: half the variance of their difference
+    from medsi.pipeline.preprocess import prepare_scan
+    from medsi.pipeline.run import _pair_noise_covariance, grid_of_bundle
+
+    grid = grid_of_bundle(tiny_mri_bundle)
+    x, r = prepare_scan(path, grid), prepare_scan(reference, grid)
+    noise = _pair_noise_covariance(x, r, tiny_mri_bundle)
+    both = x.brain & r.brain
+    half = 0.5 * np.mean((x.slices - r.slices)[both] ** 2)
+    point = np.zeros(grid.shape[:2])
+    point[32, 32] = 1.0
+    assert noise.quadratic(point) == pytest.approx(half, rel=0.05)
     for lesion in report["lesions"]:
         assert lesion["p_method"] == "oc" and 0 <= lesion["p_oc"] <= 1
