@@ -135,6 +135,8 @@ def assess_lesions(
     batch_size: int = 32,
     max_evaluations: int = 200_000,
     device=None,
+    workers: int = 1,
+    scheduler: str | None = None,
     progress: bool = True,
 ) -> list[LesionResult]:
     """Test every lesion of ``labels`` against the reference.
@@ -165,6 +167,10 @@ def assess_lesions(
         bounds (``result.complete`` False).
     device
         Torch device of the model.
+    workers, scheduler
+        Where each search's batches are evaluated: in this process (1, None), over local
+        worker processes (``workers`` > 1) or on a Dask cluster (``scheduler`` an address
+        or ``"local"``); the p-values are the same (:mod:`medsi.si.parallel`).
     progress
         Show a progress bar over lesions.
 
@@ -173,53 +179,58 @@ def assess_lesions(
     list of LesionResult
         In lesion-id order.
     """
-    from medsi.si import LineEvaluator
+    from medsi.si.parallel import open_line_evaluator
 
-    evaluator = LineEvaluator(score, threshold, device=device)  # one model copy for all lesions
-    results = []
     count = int(labels.max())
-    for lesion_id in tqdm(range(1, count + 1), desc="lesions", disable=not progress or not count):
-        mask = labels == lesion_id
-        planes = np.flatnonzero(mask.any(axis=(1, 2)))
-        if unit == "slice":
-            lo, hi = planes[0], planes[0] + 1  # a component of its own plane
-        else:
-            # the lesion's planes and one more on each side, so the region is checked to be
-            # a whole 3-D component; the planes outside do not move along the line
-            lo, hi = max(planes[0] - 1, 0), min(planes[-1] + 2, len(slices))
-        window = slice(lo, hi)
-        test = SelectiveTest(
-            evaluator,
-            threshold,
-            covariance=covariance,
-            reference_covariance=list(reference_covariances[window]),
-            mask=brain[window],
-            connectivity=1,
-            device=device,
-        )
-        start = time.perf_counter()
-        region = mask[window]
-        result = test.run(
-            slices[window],
-            references[window],
-            region=region,
-            event=event,
-            termination=termination,
-            alternative=alternative,
-            alpha=alpha,
-            precision=precision,
-            batch_size=batch_size,
-            # the budget counts slice images: a lesion on n planes gets 1/n of the line points
-            max_evaluations=max(1, max_evaluations // len(planes)),
-            on_budget="stop",
-        )
-        results.append(
-            LesionResult(
-                lesion_id=lesion_id,
-                planes=tuple(int(p) for p in planes),
-                mask=mask,
-                result=result,
-                seconds=time.perf_counter() - start,
+    if not count:
+        return []
+    search = {
+        "event": event,
+        "termination": termination,
+        "alternative": alternative,
+        "alpha": alpha,
+        "precision": precision,
+        "batch_size": batch_size,
+        "on_budget": "stop",
+    }
+    results = []
+    # one model copy (or one set of workers) for all lesions
+    with open_line_evaluator(score, threshold, device, workers, scheduler) as evaluator:
+        for lesion_id in tqdm(range(1, count + 1), desc="lesions", disable=not progress):
+            mask = labels == lesion_id
+            planes = np.flatnonzero(mask.any(axis=(1, 2)))
+            if unit == "slice":
+                lo, hi = planes[0], planes[0] + 1  # a component of its own plane
+            else:
+                # the lesion's planes and one more on each side, so the region is checked to
+                # be a whole 3-D component; the planes outside do not move along the line
+                lo, hi = max(planes[0] - 1, 0), min(planes[-1] + 2, len(slices))
+            window = slice(lo, hi)
+            test = SelectiveTest(
+                evaluator,
+                threshold,
+                covariance=covariance,
+                reference_covariance=list(reference_covariances[window]),
+                mask=brain[window],
+                connectivity=1,
+                device=device,
             )
-        )
+            start = time.perf_counter()
+            result = test.run(
+                slices[window],
+                references[window],
+                region=mask[window],
+                # the budget counts slice images: a lesion on n planes gets 1/n of the points
+                max_evaluations=max(1, max_evaluations // len(planes)),
+                **search,
+            )
+            results.append(
+                LesionResult(
+                    lesion_id=lesion_id,
+                    planes=tuple(int(p) for p in planes),
+                    mask=mask,
+                    result=result,
+                    seconds=time.perf_counter() - start,
+                )
+            )
     return results

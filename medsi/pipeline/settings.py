@@ -50,6 +50,11 @@ class RunSettings:
         ``"median-mad"`` or ``"trimmed"``.
     device
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
+    search_workers
+        Local worker processes that share each p-value's batches (1: in this process).
+    search_scheduler
+        A Dask scheduler address (or ``"local"``) whose workers share each p-value's
+        batches; None for none. Executors change the time, never the p-values.
     seed
         Recorded for the run (the DDIM noise is fixed by the bundle).
 
@@ -71,6 +76,8 @@ class RunSettings:
     max_evaluations: int = 256
     standardisation: str = "median-mad"
     device: str = "cpu"
+    search_workers: int = 1
+    search_scheduler: str | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -82,6 +89,10 @@ class RunSettings:
             raise ConfigError(f'"score" must be signed or absolute, got {self.score!r}.')
         if self.unit not in UNITS:
             raise ConfigError(f'"unit" must be lesion or slice, got {self.unit!r}.')
+        if not (isinstance(self.search_workers, int) and self.search_workers >= 1):
+            raise ConfigError(
+                f'"search_workers" must be a positive integer, got {self.search_workers!r}.'
+            )
         object.__setattr__(self, "event", coerce_option(Event, self.event, "event").value)
         object.__setattr__(
             self, "termination", coerce_option(Termination, self.termination, "termination").value

@@ -14,6 +14,7 @@ from medsi.si.linearity import (
     register_piecewise_linear_module,
 )
 from medsi.si.options import Alternative, Event, Termination
+from medsi.si.parallel import DaskLineEvaluator, ProcessLineEvaluator
 from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
 from medsi.si.selective import SelectiveResult, SelectiveTest
 from medsi.si.truncnorm import (
@@ -29,6 +30,7 @@ __all__ = [
     "Alternative",
     "Covariance",
     "CovarianceKind",
+    "DaskLineEvaluator",
     "DecisionRecorder",
     "Dense",
     "Diagonal",
@@ -36,6 +38,7 @@ __all__ = [
     "Isotropic",
     "LineEvaluator",
     "LinePieces",
+    "ProcessLineEvaluator",
     "SearchOutcome",
     "SearchSettings",
     "SelectiveResult",

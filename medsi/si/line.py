@@ -141,6 +141,15 @@ class LineEvaluator:
         self.threshold = float(threshold)
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
 
+    def close(self) -> None:
+        """Release workers; an in-process evaluator holds none (see :mod:`medsi.si.parallel`)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array, dtype=np.float64), device=self.device)
 

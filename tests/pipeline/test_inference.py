@@ -52,3 +52,17 @@ def test_a_lesion_spanning_three_planes_gets_one_p_value(score):
     assert les.result.p_full == pytest.approx(direct.p_full, abs=1e-12)
     per_slice = find_lesions(labels == les.lesion_id, "slice").max()
     assert per_slice >= 3  # as per-slice components it would have been several tests
+
+
+def test_worker_processes_give_the_same_lesion_p_values(score):
+    x, r, labels = _volume_with_a_three_plane_lesion(score, seed=1)
+    common = dict(termination="exhaustive", max_evaluations=100_000, progress=False)
+    args = (score, THRESHOLD, x, r, np.ones(x.shape, bool), Isotropic(1.0), [Isotropic(1.0)] * 5)
+    here = assess_lesions(*args, labels, **common)
+    pooled = assess_lesions(*args, labels, workers=2, **common)
+    assert len(here) == len(pooled) == labels.max()
+    for a, b in zip(here, pooled, strict=True):
+        assert a.result.evaluations == b.result.evaluations
+        assert b.result.p_full == pytest.approx(a.result.p_full, rel=1e-12, abs=1e-300)
+        assert b.result.p_component == pytest.approx(a.result.p_component, rel=1e-12, abs=1e-300)
+    assert assess_lesions(*args, np.zeros_like(labels), workers=2, **common) == []
