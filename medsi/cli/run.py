@@ -58,6 +58,20 @@ def _common_options(function):
             "by its p's upper bound.",
         ),
         click.option("--device", default="cpu", show_default=True, help="Torch device."),
+        click.option(
+            "--search-workers",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Local worker processes sharing each p-value's search (e.g. the number of "
+            "cores); the p-values do not change.",
+        ),
+        click.option(
+            "--search-scheduler",
+            metavar="ADDRESS",
+            help="Dask scheduler address (or 'local') whose workers share each p-value's "
+            "search; the p-values do not change.",
+        ),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bars or stage messages."),
     ]
@@ -102,13 +116,43 @@ def _bundle(model):
     type=click.Path(exists=True, path_type=Path),
     help="Reference scan (e.g. an earlier scan of the patient) instead of the reference bank.",
 )
+@click.option(
+    "--dicom/--no-dicom",
+    default=True,
+    show_default=True,
+    help="Also write DICOM-SEG, DICOM SR and (for a NIfTI input) the converted MR series.",
+)
+@click.option(
+    "--patient-name",
+    help="PatientName for the converted series of a NIfTI input [default: a placeholder].",
+)
+@click.option(
+    "--patient-id",
+    help="PatientID for the converted series of a NIfTI input [default: a placeholder].",
+)
 def run(
-    input_path, output, model, quiet, mask, series, volume, registered, reference, **options
+    input_path,
+    output,
+    model,
+    quiet,
+    mask,
+    series,
+    volume,
+    registered,
+    reference,
+    dicom,
+    patient_name,
+    patient_id,
+    **options,
 ) -> None:
     """Find anomalies in a brain MRI (NIfTI file or DICOM folder), each with a valid p-value.
 
-    Writes lesions.nii.gz (lesion ids on the input's grid) and report.json to the output
-    folder and prints a table of the lesions.
+    Writes to the output folder: lesions.nii.gz (lesion ids on the input's grid),
+    report.json, report.html (a self-contained report with overlay pictures), and DICOM:
+    lesions_seg.dcm (DICOM-SEG, one segment per lesion; none without findings),
+    lesions_sr.dcm (TID 1500 measurement report with the p-values) and, for a NIfTI input,
+    source_series/ (the scan as a DICOM MR series that the SEG and SR reference).
+    Prints a table of the lesions.
     """
     from medsi.pipeline.run import analyse_scan, format_lesion_table, write_outputs
     from medsi.pipeline.settings import RunSettings
@@ -130,13 +174,23 @@ def run(
     if output is None:
         name = input_path.name.removesuffix(".gz").removesuffix(".nii")
         output = Path.cwd() / f"{name}_medsi"
-    files = write_outputs(analysis, output)
+    files = write_outputs(
+        analysis, output, dicom=dicom, patient_name=patient_name, patient_id=patient_id
+    )
     if not quiet:
         for note in analysis.scan.notes:
             click.echo(f"- {note}")
     click.echo(format_lesion_table(analysis))
     click.echo(analysis.report()["summary"])
-    click.echo(f"Wrote {files['labels']} and {files['report']}.")
+    click.echo(f"Wrote {files['labels']}, {files['report']} and {files['html']}.")
+    if dicom:
+        seg = files["dicom_seg"]
+        click.echo(
+            f"DICOM: {files['dicom_sr']}"
+            + (f", {seg}" if seg else " (no SEG: no lesion)")
+            + (f", {files['dicom_source_series']}/" if files["dicom_source_series"] else "")
+            + "; send them to a PACS with your DICOM tools."
+        )
 
 
 @click.command()

@@ -88,6 +88,22 @@ class ScanAnalysis:
         What the lesions were compared with, in words.
     seconds
         Wall time per stage.
+    threshold
+        lambda as used (the bundle's when ``settings.threshold`` is None); None when unknown.
+    reference_slices
+        (P, H, W) float64 on the model grid: the reference slice each kept plane was
+        compared with (planes not kept hold zeros or unused data); None when not recorded.
+    reconstructions
+        (P, H, W) float64 on the model grid: the model's reconstruction f(x) of each kept
+        plane (the float64 function the selective tests use); NaN on planes not kept;
+        None when not recorded.
+    score_maps
+        (P, H, W) float64 on the model grid: the anomaly score E(x) of each kept plane
+        (voxels of the brain mask above ``threshold`` are the selection); NaN on planes
+        not kept; None when not recorded.
+    grid_labels
+        (P, H, W) int32 lesion ids on the model grid (0 background), as tested; None when
+        not recorded.
     """
 
     scan: PreparedScan
@@ -99,6 +115,12 @@ class ScanAnalysis:
     bundle_path: str
     reference: str
     seconds: dict
+    # what the HTML report draws; defaults keep hand-made analyses (tests, callers) valid
+    threshold: float | None = None
+    reference_slices: np.ndarray | None = None
+    reconstructions: np.ndarray | None = None
+    score_maps: np.ndarray | None = None
+    grid_labels: np.ndarray | None = None
 
     def lesion_records(self) -> list[dict]:
         """One JSON-ready record per lesion (DESIGN.md section 5)."""
@@ -132,9 +154,9 @@ class ScanAnalysis:
                     # with termination oc only the oc p is exact: no point value then
                     "p_selective": None if lesion.p_method == "oc" else res.p_selective,
                     "p_selective_bounds": list(res.p_bounds),
-                    "p_full": res.p_full,
+                    "p_full": None if lesion.p_method == "oc" else res.p_full,
                     "p_full_bounds": list(res.p_bounds_full),
-                    "p_component": res.p_component,
+                    "p_component": None if lesion.p_method == "oc" else res.p_component,
                     "p_component_bounds": list(res.p_bounds_component),
                     "p_bonferroni": res.p_bonferroni,
                     "p_method": lesion.p_method,
@@ -193,6 +215,8 @@ class ScanAnalysis:
             "model_planes_kept": np.flatnonzero(scan.kept).tolist(),
             "reference": self.reference,
             "settings": self.settings.to_dict(),
+            # lambda as used: settings.threshold is null when the bundle's was taken
+            "threshold_used": self.threshold,
             "model": {"content_hash": self.bundle_hash, "path": self.bundle_path},
             "seconds": self.seconds,
             "versions": {"medsi": __version__, "torch": torch.__version__, "numpy": np.__version__},
@@ -229,6 +253,37 @@ def _pair_noise_covariance(scan: PreparedScan, ref_scan: PreparedScan, bundle):
         mask=np.concatenate([both[planes], both[planes]]),
     )
     return estimate.scaled(0.5)
+
+
+def _model_views(
+    score, threshold: float, slices: np.ndarray, kept: np.ndarray, device, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstruction f(x) and score E(x) of each kept plane, NaN elsewhere, (P, H, W) each.
+
+    Runs the float64 copy of the score that :class:`~medsi.si.LineEvaluator` makes (BatchNorm
+    folded), i.e. the very function whose threshold defines the selection, in one plain
+    forward pass per batch of planes.
+    """
+    import torch
+
+    from medsi.si import LineEvaluator
+
+    evaluator = LineEvaluator(score, threshold, device=device)
+    model = evaluator.score
+    reconstructions = np.full(slices.shape, np.nan)
+    score_maps = np.full(slices.shape, np.nan)
+    planes = np.flatnonzero(kept)
+    for start in range(0, len(planes), max(1, batch_size)):
+        chunk = planes[start : start + batch_size]
+        x = torch.as_tensor(slices[chunk][:, None], dtype=torch.float64, device=evaluator.device)
+        with torch.no_grad():
+            recon = model.reconstruction(x)
+            residual = x - recon
+            if not model.signed:
+                residual = torch.abs(residual)
+            reconstructions[chunk] = recon[:, 0].cpu().numpy()
+            score_maps[chunk] = model.average(residual)[:, 0].cpu().numpy()
+    return reconstructions, score_maps
 
 
 def _finite_or_none(value: float):
@@ -358,10 +413,18 @@ def analyse_scan(
         batch_size=settings.batch_size,
         max_evaluations=settings.max_evaluations,
         device=settings.device,
+        workers=settings.search_workers,
+        scheduler=settings.search_scheduler,
         progress=progress,
     )
     seconds["inference"] = time.perf_counter() - start
     holm = holm_adjust([les.p_decisive for les in lesions])
+
+    start = time.perf_counter()
+    reconstructions, score_maps = _model_views(
+        score, threshold, scan.slices, kept, settings.device, settings.batch_size
+    )
+    seconds["views"] = time.perf_counter() - start
 
     start = time.perf_counter()
     grid_labels = np.ascontiguousarray(labels.transpose(1, 2, 0)).astype(np.int16)
@@ -379,6 +442,11 @@ def analyse_scan(
         bundle_path=str(bundle.path),
         reference=reference_text,
         seconds=seconds,
+        threshold=float(threshold),
+        reference_slices=np.asarray(references, dtype=np.float64),
+        reconstructions=reconstructions,
+        score_maps=score_maps,
+        grid_labels=labels.astype(np.int32),
     )
 
 
@@ -392,22 +460,69 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
-def write_outputs(analysis: ScanAnalysis, out: str | os.PathLike) -> dict[str, Path]:
-    """Write ``lesions.nii.gz`` (native grid, lesion ids) and ``report.json`` atomically.
+HTML_REPORT_NAME = "report.html"
+"""File name of the HTML report in the output folder; ``report.json`` links it under
+``"html_report"`` (relative to the folder, so the folder can be moved)."""
+
+
+def write_outputs(
+    analysis: ScanAnalysis,
+    out: str | os.PathLike,
+    *,
+    dicom: bool = True,
+    patient_name: str | None = None,
+    patient_id: str | None = None,
+) -> dict[str, Path | None]:
+    """Write every output of one scan into ``out``, each file atomically.
+
+    ``lesions.nii.gz`` holds the lesion ids on the input's own grid; ``report.html`` is the
+    self-contained report with overlay pictures
+    (:func:`~medsi.export.html.write_html_report`); with ``dicom``, the DICOM-SEG
+    (``lesions_seg.dcm``, only when a lesion has voxels), the SR (``lesions_sr.dcm``) and,
+    for a NIfTI input, the converted source series (``source_series/``)
+    (:func:`~medsi.export.dicom.write_dicom_outputs`). ``report.json`` is written last and
+    names the other files (``"html_report"``, ``"dicom"``), so a folder with a
+    ``report.json`` always holds everything it names.
+
+    Parameters
+    ----------
+    analysis
+        The analysed scan.
+    out
+        Output folder (created; an earlier run's files there are replaced).
+    dicom
+        Also write the DICOM objects.
+    patient_name, patient_id
+        Identity of the converted series of a NIfTI input (default: obvious placeholders);
+        a DICOM input keeps its own.
 
     Returns
     -------
     dict
-        ``{"labels": path, "report": path}``.
+        ``{"labels", "html", "report"}`` paths and, with ``dicom``, ``"dicom_seg"`` (None
+        without lesions), ``"dicom_sr"`` and ``"dicom_source_series"`` (None for a DICOM
+        input).
     """
+    from medsi.export.html import write_html_report
+
     out = Path(out)
     labels_path = atomic_write_bytes(
         out / "lesions.nii.gz", _nifti_bytes(analysis.native_labels, analysis.scan.native_affine)
     )
-    report_path = atomic_write_text(
-        out / "report.json", json.dumps(analysis.report(), indent=2) + "\n"
-    )
-    return {"labels": labels_path, "report": report_path}
+    html_path = write_html_report(analysis, out / HTML_REPORT_NAME)
+    report = analysis.report()
+    report["html_report"] = HTML_REPORT_NAME
+    files = {"labels": labels_path, "html": html_path}
+    if dicom:
+        from medsi.export.dicom import write_dicom_outputs
+
+        written = write_dicom_outputs(
+            analysis, out, patient_name=patient_name, patient_id=patient_id
+        )
+        files.update({f"dicom_{k}": v for k, v in written.items()})
+        report["dicom"] = {k: None if v is None else v.name for k, v in written.items()}
+    files["report"] = atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    return files
 
 
 def format_lesion_table(analysis: ScanAnalysis) -> str:

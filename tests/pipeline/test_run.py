@@ -66,6 +66,7 @@ def test_a_lesion_phantom_gives_a_report_and_a_native_label_map(
     assert np.allclose(labels.affine, phantom.affine, atol=1e-4)
     assert report["input"]["shape"] == list(phantom.image.shape)
     assert report["model"]["content_hash"] == tiny_mri_bundle.content_hash
+    assert report["html_report"] == "report.html" and files["html"].is_file()
     assert len(report["lesions"]) == int(np.asarray(labels.dataobj).max())
     for lesion in report["lesions"]:
         lo, hi = lesion["p_selective_bounds"]
@@ -97,6 +98,7 @@ def test_cli_runs_on_the_bundled_real_scan(tiny_mri_bundle, tmp_path):
     assert result.exit_code == 0, result.output
     assert "No findings" in result.output
     assert f"Wrote {out / 'lesions.nii.gz'}" in result.output
+    assert f"{out / 'report.html'}." in result.output and (out / "report.html").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["input"]["shape"] == [128, 128, 10]
     assert report["mask"]

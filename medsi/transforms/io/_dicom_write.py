@@ -233,6 +233,80 @@ def _base_dataset(attributes: dict[str, Any]) -> Any:
     return ds
 
 
+def dicom_series_datasets(
+    volume: np.ndarray,
+    affine: np.ndarray,
+    *,
+    rescale: tuple[float, float] | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> list[Any]:
+    """Build, in memory, the MR Image Storage datasets :func:`write_dicom_series` writes.
+
+    For callers that write the files themselves (e.g. atomically, or into a ``BytesIO``).
+    Each dataset carries its file meta information (Explicit VR Little Endian).
+
+    Parameters
+    ----------
+    volume, affine, rescale, attributes
+        As :func:`write_dicom_series`.
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One dataset per slice, slice ``k`` (``volume[:, :, k]``) at index ``k``.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`write_dicom_series` (all but the folder check).
+    TypeError
+        If ``attributes`` is not a mapping.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    array = _check_volume(volume)
+    affine_lps = _check_geometry(affine)
+    stored, slope_text, intercept_text = _check_rescale(rescale, array)
+    extra = _check_attributes(attributes)
+
+    spacing_x = float(np.linalg.norm(affine_lps[:3, 0]))  # between columns
+    spacing_y = float(np.linalg.norm(affine_lps[:3, 1]))  # between rows
+    row_dir = affine_lps[:3, 0] / spacing_x
+    col_dir = affine_lps[:3, 1] / spacing_y
+    normal = np.cross(row_dir, col_dir)
+    thickness = abs(float(affine_lps[:3, 2] @ normal))
+
+    base = _base_dataset(extra)
+    base.Rows = int(array.shape[1])
+    base.Columns = int(array.shape[0])
+    base.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
+    base.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+    base.SliceThickness = _ds(thickness)
+    base.SpacingBetweenSlices = _ds(thickness)
+    if slope_text is not None:
+        base.RescaleSlope = slope_text
+        base.RescaleIntercept = intercept_text
+        base.RescaleType = "US"
+
+    datasets = []
+    for k in range(array.shape[2]):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        position = affine_lps[:3, 3] + k * affine_lps[:3, 2]
+        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.SliceLocation = _ds(position @ normal)
+        pixels = np.ascontiguousarray(stored[:, :, k].T).astype("<i2")
+        ds.add_new(0x7FE00010, "OW", pixels.tobytes())
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        datasets.append(ds)
+    return datasets
+
+
 def write_dicom_series(
     volume: np.ndarray,
     affine: np.ndarray,
@@ -283,54 +357,17 @@ def write_dicom_series(
         If ``attributes`` is not a mapping.
     """
     import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    array = _check_volume(volume)
-    affine_lps = _check_geometry(affine)
-    stored, slope_text, intercept_text = _check_rescale(rescale, array)
-    extra = _check_attributes(attributes)
     location = Path(folder)
     if location.exists() and (not location.is_dir() or any(location.iterdir())):
         raise ConfigError(
             f'"folder" must be a new or empty folder, got "{location}", which is not; pass '
             "another folder so the series is not mixed with other files."
         )
+    datasets = dicom_series_datasets(volume, affine, rescale=rescale, attributes=attributes)
     location.mkdir(parents=True, exist_ok=True)
-
-    spacing_x = float(np.linalg.norm(affine_lps[:3, 0]))  # between columns
-    spacing_y = float(np.linalg.norm(affine_lps[:3, 1]))  # between rows
-    row_dir = affine_lps[:3, 0] / spacing_x
-    col_dir = affine_lps[:3, 1] / spacing_y
-    normal = np.cross(row_dir, col_dir)
-    thickness = abs(float(affine_lps[:3, 2] @ normal))
-
-    base = _base_dataset(extra)
-    base.Rows = int(array.shape[1])
-    base.Columns = int(array.shape[0])
-    base.PixelSpacing = [_ds(spacing_y), _ds(spacing_x)]
-    base.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
-    base.SliceThickness = _ds(thickness)
-    base.SpacingBetweenSlices = _ds(thickness)
-    if slope_text is not None:
-        base.RescaleSlope = slope_text
-        base.RescaleIntercept = intercept_text
-        base.RescaleType = "US"
-
     paths = []
-    for k in range(array.shape[2]):
-        ds = copy.deepcopy(base)
-        ds.SOPInstanceUID = generate_uid()
-        ds.InstanceNumber = k + 1
-        position = affine_lps[:3, 3] + k * affine_lps[:3, 2]
-        ds.ImagePositionPatient = [_ds(v) for v in position]
-        ds.SliceLocation = _ds(position @ normal)
-        pixels = np.ascontiguousarray(stored[:, :, k].T).astype("<i2")
-        ds.add_new(0x7FE00010, "OW", pixels.tobytes())
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for k, ds in enumerate(datasets):
         path = location / f"slice_{k:04d}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
