@@ -7,6 +7,7 @@ import sys
 import click
 
 from medsi import __version__
+from medsi.cli.batch import batch
 from medsi.cli.experiment import experiment
 from medsi.cli.info import info
 from medsi.cli.run import demo, run
@@ -63,3 +64,4 @@ main.add_command(info)
 main.add_command(experiment)
 main.add_command(run)
 main.add_command(demo)
+main.add_command(batch)
