@@ -98,8 +98,11 @@ def evaluations_per_p_value(score, size, n_images, batch, max_seconds, seed=0):
         res = test.run(x, r, termination="exhaustive", batch_size=batch)
         seconds.append(time.perf_counter() - t0)
         counts.append(res.evaluations)
-        print(f"    size {size}: image {len(counts)}: {res.evaluations} evaluations, "
-              f"{seconds[-1]:.1f} s, p={res.p_full:.3g}", flush=True)
+        print(
+            f"    size {size}: image {len(counts)}: {res.evaluations} evaluations, "
+            f"{seconds[-1]:.1f} s, p={res.p_full:.3g}",
+            flush=True,
+        )
     return threshold, counts, seconds
 
 
@@ -109,8 +112,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--images", type=int, default=10, help="null images per size")
     parser.add_argument("--search-batch", type=int, default=32, help="K of the p-value searches")
-    parser.add_argument("--max-search-seconds", type=float, default=600.0,
-                        help="time cap of the p-value searches per size")
+    parser.add_argument(
+        "--max-search-seconds",
+        type=float,
+        default=600.0,
+        help="time cap of the p-value searches per size",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
@@ -127,16 +134,29 @@ def main(argv=None) -> int:
         per_eval = {}
         for batch in args.batch_sizes:
             per_eval[batch] = seconds_per_evaluation(evaluator, size, batch, device=args.device)
-            print(f"  size {size}, batch {batch}: {per_eval[batch] * 1e3:.2f} ms/evaluation",
-                  flush=True)
+            print(
+                f"  size {size}, batch {batch}: {per_eval[batch] * 1e3:.2f} ms/evaluation",
+                flush=True,
+            )
         best = min(per_eval, key=per_eval.get)
         threshold, counts, seconds = (
-            evaluations_per_p_value(score, size, args.images, args.search_batch,
-                                    args.max_search_seconds)
-            if args.images > 0 else (float("nan"), [], [])
+            evaluations_per_p_value(
+                score, size, args.images, args.search_batch, args.max_search_seconds
+            )
+            if args.images > 0
+            else (float("nan"), [], [])
         )
-        rows.append(dict(size=size, flops=flops, per_eval=per_eval, best=best,
-                         threshold=threshold, counts=counts, seconds=seconds))
+        rows.append(
+            dict(
+                size=size,
+                flops=flops,
+                per_eval=per_eval,
+                best=best,
+                threshold=threshold,
+                counts=counts,
+                seconds=seconds,
+            )
+        )
 
     table = format_results(rows, args, gflops_matmul)
     print(table)
@@ -168,8 +188,11 @@ def format_results(rows, args, gflops_matmul) -> str:
     for row in rows:
         pe = row["per_eval"]
         counts = row["counts"]
-        evals = (f"{np.mean(counts):.0f} ({min(counts)}-{max(counts)}, n={len(counts)})"
-                 if counts else "not run")
+        evals = (
+            f"{np.mean(counts):.0f} ({min(counts)}-{max(counts)}, n={len(counts)})"
+            if counts
+            else "not run"
+        )
         secs = f"{np.mean(row['seconds']):.1f}" if counts else "-"
         speedup = pe[min(pe)] / pe[row["best"]] if min(pe) in pe else float("nan")
         ref = REFERENCE_MS.get(row["size"])
