@@ -7,6 +7,7 @@ __all__ = [
     "NotPiecewiseLinearError",
     "InferenceError",
     "ExportError",
+    "PacsError",
 ]
 
 
@@ -32,3 +33,7 @@ class InferenceError(MedsiError, RuntimeError):
 
 class ExportError(MedsiError, ValueError):
     """A DICOM object would not be standard-compliant."""
+
+
+class PacsError(MedsiError, RuntimeError):
+    """A DICOM network service cannot run or be reached (port taken, node not startable)."""

@@ -10,6 +10,7 @@ from medsi import __version__
 from medsi.cli.batch import batch
 from medsi.cli.experiment import experiment
 from medsi.cli.info import info
+from medsi.cli.pacs import send, serve
 from medsi.cli.run import demo, run
 from medsi.cli.train import train
 from medsi.errors import MedsiError
@@ -65,3 +66,5 @@ main.add_command(experiment)
 main.add_command(run)
 main.add_command(demo)
 main.add_command(batch)
+main.add_command(send)
+main.add_command(serve)
