@@ -16,7 +16,7 @@ from medsi.si.linearity import (
 from medsi.si.options import Alternative, Event, Termination
 from medsi.si.parallel import DaskLineEvaluator, ProcessLineEvaluator
 from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
-from medsi.si.selective import SelectiveResult, SelectiveTest
+from medsi.si.selective import RegionLine, SelectiveResult, SelectiveTest
 from medsi.si.truncnorm import (
     log_selective_p_value,
     log_standard_normal_mass,
@@ -42,6 +42,7 @@ __all__ = [
     "SearchOutcome",
     "SearchSettings",
     "SelectiveResult",
+    "RegionLine",
     "SelectiveTest",
     "Stationary",
     "Termination",

@@ -26,7 +26,7 @@ from medsi.si.search import SearchOutcome, SearchSettings, parametric_search
 from medsi.si.stack import StackedLine
 from medsi.si.truncnorm import naive_p_value, selective_p_value
 
-__all__ = ["SelectiveTest", "SelectiveResult"]
+__all__ = ["SelectiveTest", "SelectiveResult", "RegionLine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +104,31 @@ class SelectiveResult:
     def reject(self, alpha: float = 0.05) -> bool:
         """Whether the selective p-value is below ``alpha``."""
         return self.p_selective < alpha
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionLine:
+    """The line of one region's test: Y(z) = a + b z through the observed data.
+
+    Attributes
+    ----------
+    line
+        The slices that move, as a :class:`~medsi.si.stack.StackedLine`; ``line(z)`` gives,
+        per point, the piece of constant decisions around it and the (full, component)
+        event flags on that piece.
+    statistic
+        Observed z: mean over the region of x minus that of the reference.
+    sigma
+        Null standard deviation of the statistic.
+    region, observed
+        Bool, shaped like the test image: the tested region and the observed selection.
+    """
+
+    line: StackedLine
+    statistic: float
+    sigma: float
+    region: np.ndarray
+    observed: np.ndarray
 
 
 class SelectiveTest:
@@ -226,6 +251,89 @@ class SelectiveTest:
             c.check_shape(shape)
         return covs
 
+    def line(
+        self,
+        x: np.ndarray,
+        reference: np.ndarray,
+        region: np.ndarray | None = None,
+        batch_size: int = 32,
+    ) -> RegionLine:
+        """The line along which a region's test moves the data (DESIGN.md section 1).
+
+        Parameters
+        ----------
+        x, reference, region
+            As :meth:`run`.
+        batch_size
+            Most slice images per batched model evaluation.
+
+        Returns
+        -------
+        RegionLine
+            The statistic, its sigma and the stacked line, callable at points z (as the
+            search calls it: bounds of the piece around each point and the event flags).
+
+        Raises
+        ------
+        ConfigError
+            If the images or the region are unusable, or nothing is selected.
+        """
+        x, reference = self._check_images(x, reference)
+        observed = self.select(x)
+        if region is None:
+            if not observed.any():
+                raise ConfigError(
+                    "nothing is selected in this image (no score above the threshold), so "
+                    "there is no region to test; a scan without findings needs no p-value."
+                )
+            region = observed
+        boundary = ev.check_region(region, observed, self.connectivity)
+        region = np.asarray(region, bool)
+
+        # Work on stacks (S, H, W); a single image is a stack of one slice.
+        stack = x.ndim == 3
+        xs, rs, obs_s, region_s, boundary_s = (
+            a if stack else a[None] for a in (x, reference, observed, region, boundary)
+        )
+        n_slices, shape = len(xs), xs.shape[1:]
+        covs = self._per_slice(self.covariance, "covariance", n_slices, shape)
+        ref_covs = self._per_slice(
+            self.reference_covariance, "reference_covariance", n_slices, shape
+        )
+        masks = None
+        if self.mask is not None:
+            masks = np.broadcast_to(self.mask, xs.shape)
+
+        size = int(region.sum())
+        eta = region_s / size  # eta_x = 1_C/|C|, eta_r = -1_C/|C|
+        moving = np.flatnonzero(region_s.reshape(n_slices, -1).any(1))
+        # Slices are independent, so the line moves only the slices the region touches.
+        s_eta_x = np.stack([covs[s].apply(eta[s]) for s in moving])
+        s_eta_r = np.stack([ref_covs[s].apply(eta[s]) for s in moving])
+        variance = float((eta[moving] * s_eta_x).sum() + (eta[moving] * s_eta_r).sum())
+        if not variance > 0:
+            raise ConfigError(
+                f"the statistic's variance eta^T Xi eta is {variance}, not positive; check "
+                "the covariance models."
+            )
+        sigma = float(np.sqrt(variance))
+        statistic = float(xs[region_s].mean() - rs[region_s].mean())
+        b_x = s_eta_x / variance
+        a_x = xs[moving] - b_x * statistic
+        line = StackedLine(
+            self.evaluator,
+            a_x,
+            b_x,
+            None if masks is None else masks[moving],
+            obs_s[moving],
+            region_s[moving],
+            boundary_s[moving],
+            batch_size=batch_size,
+        )
+        return RegionLine(
+            line=line, statistic=statistic, sigma=sigma, region=region, observed=observed
+        )
+
     def run(
         self,
         x: np.ndarray,
@@ -303,57 +411,9 @@ class SelectiveTest:
             on_budget=on_budget,
         )
         x, reference = self._check_images(x, reference)
-        observed = self.select(x)
-        if region is None:
-            if not observed.any():
-                raise ConfigError(
-                    "nothing is selected in this image (no score above the threshold), so "
-                    "there is no region to test; a scan without findings needs no p-value."
-                )
-            region = observed
-        boundary = ev.check_region(region, observed, self.connectivity)
-        region = np.asarray(region, bool)
-
-        # Work on stacks (S, H, W); a single image is a stack of one slice.
-        stack = x.ndim == 3
-        xs, rs, obs_s, region_s, boundary_s = (
-            a if stack else a[None] for a in (x, reference, observed, region, boundary)
-        )
-        n_slices, shape = len(xs), xs.shape[1:]
-        covs = self._per_slice(self.covariance, "covariance", n_slices, shape)
-        ref_covs = self._per_slice(
-            self.reference_covariance, "reference_covariance", n_slices, shape
-        )
-        masks = None
-        if self.mask is not None:
-            masks = np.broadcast_to(self.mask, xs.shape)
-
-        size = int(region.sum())
-        eta = region_s / size  # eta_x = 1_C/|C|, eta_r = -1_C/|C|
-        moving = np.flatnonzero(region_s.reshape(n_slices, -1).any(1))
-        # Slices are independent, so the line moves only the slices the region touches.
-        s_eta_x = np.stack([covs[s].apply(eta[s]) for s in moving])
-        s_eta_r = np.stack([ref_covs[s].apply(eta[s]) for s in moving])
-        variance = float((eta[moving] * s_eta_x).sum() + (eta[moving] * s_eta_r).sum())
-        if not variance > 0:
-            raise ConfigError(
-                f"the statistic's variance eta^T Xi eta is {variance}, not positive; check "
-                "the covariance models."
-            )
-        sigma = float(np.sqrt(variance))
-        statistic = float(xs[region_s].mean() - rs[region_s].mean())
-        b_x = s_eta_x / variance
-        a_x = xs[moving] - b_x * statistic
-        line = StackedLine(
-            self.evaluator,
-            a_x,
-            b_x,
-            None if masks is None else masks[moving],
-            obs_s[moving],
-            region_s[moving],
-            boundary_s[moving],
-            batch_size=settings.batch_size,
-        )
+        test_line = self.line(x, reference, region, batch_size=settings.batch_size)
+        line, statistic, sigma = test_line.line, test_line.statistic, test_line.sigma
+        region, observed, stack = test_line.region, test_line.observed, x.ndim == 3
 
         with tqdm(desc="selective p-value", unit="eval", disable=not progress, leave=False) as bar:
 

@@ -106,6 +106,25 @@ def test_statistic_sigma_and_naive_p(test):
     assert res.p_bounds[1] - res.p_bounds[0] < 1e-9
 
 
+def test_the_region_line_passes_through_the_data_and_gives_the_run_its_pieces(test):
+    x, r = _null_pair(test, 6)
+    res = test.run(x, r, termination="oc")
+    region_line = test.line(x, r)
+    assert region_line.statistic == res.statistic and region_line.sigma == res.sigma
+    assert np.array_equal(region_line.region, res.region)
+    lower, upper, flags, _ = region_line.line(np.array([res.statistic]))
+    assert (lower[0], upper[0]) == tuple(res.oc_interval)
+    assert flags[0].all(), "the observed data satisfy both events"
+    # just outside the piece around the statistic some decision changes, and the line's
+    # image there is what a plain forward pass of a + b z selects
+    line = region_line.line
+    for z in (lower[0] - 1e-6 * res.sigma, upper[0] + 1e-6 * res.sigma):
+        image = line.a[0] + line.b[0] * z
+        _, _, outside_flags, _ = line(np.array([z]))
+        full = np.array_equal(test.select(image), region_line.observed)
+        assert outside_flags[0, 0] == full
+
+
 @pytest.mark.parametrize(
     "covariance",
     [
