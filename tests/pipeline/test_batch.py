@@ -280,11 +280,18 @@ def small_archive(archive, tmp_path_factory) -> Path:
 
 
 def _same_results_as_reference(out: Path, reference_out: Path) -> None:
-    records = _manifest(out)["scans"]
-    assert len(records) == 2 and all(r["state"] == "done" for r in records.values())
-    for scan_id in records:
-        assert _lesion_numbers(out, scan_id) == _lesion_numbers(reference_out, scan_id)
-    assert any(_lesion_numbers(out, scan_id) for scan_id in records)  # something to compare
+    """Every scan of ``out`` has the state, error, lesions and summary rows of the reference."""
+    records, expected = _manifest(out)["scans"], _manifest(reference_out)["scans"]
+    assert set(records) <= set(expected) and records
+
+    def outcome(record):
+        return record["state"], record["lesions"], (record["error"] or {}).get("message")
+
+    assert {i: outcome(r) for i, r in records.items()} == {i: outcome(expected[i]) for i in records}
+    for scan_id, record in records.items():
+        if record["state"] == "done":
+            assert _lesion_numbers(out, scan_id) == _lesion_numbers(reference_out, scan_id)
+    assert any(_lesion_numbers(out, i) for i, r in records.items() if r["state"] == "done")
 
     def rows(folder):
         return [{k: v for k, v in r.items() if k != "output"} for r in _csv_rows(folder)]
@@ -293,30 +300,35 @@ def _same_results_as_reference(out: Path, reference_out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def processes_run(small_archive, tiny_mri_bundle, threshold, tmp_path_factory):
+def processes_run(archive, tiny_mri_bundle, threshold, tmp_path_factory):
+    """The whole archive (the corrupt file and the duplicate series too) on 2 processes."""
     out = tmp_path_factory.mktemp("processes") / "out"
-    result = _batch(small_archive, out, tiny_mri_bundle, threshold, "--workers", "2")
+    result = _batch(archive, out, tiny_mri_bundle, threshold, "--workers", "2")
     return result, out
 
 
 def test_local_processes_give_the_in_process_results(reference, processes_run):
     result, out = processes_run
-    assert result.exit_code == 0, result.output
-    assert "2 analysed now, 0 reused" in result.output
+    assert result.exit_code == 1, result.output  # the corrupt scan
+    assert "5 scan(s): 5 analysed now, 0 reused from an earlier run; 4 done, 1 failed" in (
+        result.output
+    )
     _same_results_as_reference(out, reference[1])
 
 
 def test_a_local_dask_cluster_gives_the_in_process_results_and_new_settings_redo_all(
-    reference, processes_run, small_archive, tiny_mri_bundle, threshold, tmp_path
+    reference, processes_run, archive, tiny_mri_bundle, threshold, tmp_path
 ):
     out = tmp_path / "out"
     shutil.copytree(processes_run[1], out, symlinks=True)
     # another --seed changes the settings hash (so every scan is analysed again) but not the
     # numbers: the seed is only recorded, the DDIM noise is fixed by the bundle
     args = ("--scheduler", "local", "--workers", "2", "--seed", "1")
-    result = _batch(small_archive, out, tiny_mri_bundle, threshold, *args)
-    assert result.exit_code == 0, result.output
-    assert "2 analysed now, 0 reused" in result.output
+    result = _batch(archive, out, tiny_mri_bundle, threshold, *args)
+    assert result.exit_code == 1, result.output
+    assert "5 scan(s): 5 analysed now, 0 reused from an earlier run; 4 done, 1 failed" in (
+        result.output
+    )
     assert _manifest(out)["settings"]["seed"] == 1
     _same_results_as_reference(out, reference[1])
 
