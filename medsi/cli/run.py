@@ -189,7 +189,7 @@ def run(
             f"DICOM: {files['dicom_sr']}"
             + (f", {seg}" if seg else " (no SEG: no lesion)")
             + (f", {files['dicom_source_series']}/" if files["dicom_source_series"] else "")
-            + "; send them to a PACS with your DICOM tools."
+            + f"; send them to a PACS with: medsi send {files['report'].parent} --to AET@HOST:PORT"
         )
 
 

@@ -460,6 +460,10 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(image.to_bytes(), mtime=0)
 
 
+LABEL_MAP_NAME = "lesions.nii.gz"
+"""File name of the lesion label map (native grid) in the output folder; ``report.json``
+names it under ``"label_map"``."""
+
 HTML_REPORT_NAME = "report.html"
 """File name of the HTML report in the output folder; ``report.json`` links it under
 ``"html_report"`` (relative to the folder, so the folder can be moved)."""
@@ -481,7 +485,7 @@ def write_outputs(
     (``lesions_seg.dcm``, only when a lesion has voxels), the SR (``lesions_sr.dcm``) and,
     for a NIfTI input, the converted source series (``source_series/``)
     (:func:`~medsi.export.dicom.write_dicom_outputs`). ``report.json`` is written last and
-    names the other files (``"html_report"``, ``"dicom"``), so a folder with a
+    names the other files (``"label_map"``, ``"html_report"``, ``"dicom"``), so a folder with a
     ``report.json`` always holds everything it names.
 
     Parameters
@@ -507,11 +511,12 @@ def write_outputs(
 
     out = Path(out)
     labels_path = atomic_write_bytes(
-        out / "lesions.nii.gz", _nifti_bytes(analysis.native_labels, analysis.scan.native_affine)
+        out / LABEL_MAP_NAME, _nifti_bytes(analysis.native_labels, analysis.scan.native_affine)
     )
     html_path = write_html_report(analysis, out / HTML_REPORT_NAME)
     report = analysis.report()
     report["html_report"] = HTML_REPORT_NAME
+    report["label_map"] = LABEL_MAP_NAME
     files = {"labels": labels_path, "html": html_path}
     if dicom:
         from medsi.export.dicom import write_dicom_outputs

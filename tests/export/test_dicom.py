@@ -36,7 +36,7 @@ from medsi.export.sr import (
     build_measurement_report,
 )
 from medsi.pipeline.inference import holm_adjust
-from medsi.pipeline.run import analyse_scan
+from medsi.pipeline.run import analyse_scan, write_outputs
 from medsi.pipeline.settings import RunSettings
 from medsi.transforms.io import load_scan, write_dicom_series
 from tests.export.conftest import strict_pydicom
@@ -71,6 +71,9 @@ def analyses(tiny_mri_bundle, phantom_files):
         name: analyse_scan(path, tiny_mri_bundle, settings, progress=False)
         for name, path in (("nifti", nifti), ("dicom", dicom))
     }
+    # a selective search (stopped early by its budget) gives point values of the selective p
+    searched = dataclasses.replace(settings, termination="decision", max_evaluations=24)
+    found["nifti-searched"] = analyse_scan(nifti, tiny_mri_bundle, searched, progress=False)
     for analysis in found.values():
         assert len(analysis.lesions) >= 2, "the phantom must give several lesions"
     return found
@@ -111,6 +114,8 @@ def _one_without_voxels(analysis):
 
 CASES = {
     "nifti-several": ("nifti", _all, {}),
+    "nifti-one": ("nifti", _one, {}),
+    "nifti-searched": ("nifti-searched", _all, {}),
     "nifti-none": ("nifti", _none, {"patient_name": "Doe^Jane", "patient_id": "P-42"}),
     "dicom-several": ("dicom", _all, {}),
     "dicom-one": ("dicom", _one, {"patient_id": "PH-123"}),
@@ -121,14 +126,14 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(analyses, tmp_path_factory):
-    """Each case's analysis, its report (as report.json holds it) and written outputs."""
+    """Each case's analysis, its report.json as written and its DICOM outputs."""
     results = {}
     with strict_pydicom():
         for case, (source, derive, options) in CASES.items():
             analysis = derive(analyses[source])
-            out = tmp_path_factory.mktemp(case)
-            paths = write_dicom_outputs(analysis, out, **options)
-            report = json.loads(json.dumps(analysis.report()))
+            files = write_outputs(analysis, tmp_path_factory.mktemp(case), **options)
+            paths = {k: files[f"dicom_{k}"] for k in ("seg", "sr", "source_series")}
+            report = json.loads(files["report"].read_text())
             results[case] = (analysis, report, paths)
     return results
 
@@ -159,7 +164,7 @@ def test_every_object_passes_dciodvfy(exported, dciodvfy, case):
     if paths["seg"] is not None:
         files.append(paths["seg"])
     if paths["source_series"] is not None:
-        files.append(sorted(paths["source_series"].glob("*.dcm"))[0])
+        files += sorted(paths["source_series"].glob("*.dcm"))
     for path in files:
         dciodvfy(path)
     assert (paths["seg"] is None) == (not any(r["voxels"] for r in report["lesions"]))
@@ -251,10 +256,17 @@ def test_sr_holds_the_numbers_of_report_json(exported, case, strict_dicom):
             uids = source_uids(analysis, paths)
             assert named == {uids[k] for k in record["native_slices"]}
     # with termination oc there is no selective point value, only its bounds
-    if report["lesions"]:
-        assert not groups[f"Lesion {report['lesions'][0]['id']}"].get_measurements(
-            name=PRIVATE_CODES["PFULL"]
-        )
+    for record in report["lesions"]:
+        points = [
+            groups[f"Lesion {record['id']}"].get_measurements(name=PRIVATE_CODES[code])
+            for code in ("PFULL", "PCOMP")
+        ]
+        if record["p_method"] == "oc":
+            assert points == [[], []]
+        else:
+            assert [m.value for (m,) in points] == [record["p_full"], record["p_component"]]
+    if case == "nifti-searched":
+        assert all(r["p_method"] == "selective" for r in report["lesions"])
     summary = groups[SCAN_SUMMARY_ID]
     (count,) = summary.get_measurements(name=NUMBER_OF_LESIONS)
     (alpha,) = summary.get_measurements(name=PRIVATE_CODES["ALPHA"])

@@ -1,6 +1,10 @@
 """``medsi send`` against a real Orthanc on loopback: C-STORE, STOW-RS, and refusals."""
 
+import http.server
+import io
+import json
 import shutil
+import threading
 
 import pydicom
 import pytest
@@ -78,6 +82,73 @@ def test_stow_counts_only_what_the_response_lists(orthanc, nifti_outputs):
     result = stow_outputs(nifti_outputs, orthanc.dicomweb, per_request=10)
     assert result.ok and len(result.objects) == len(output_objects(nifti_outputs))
     assert {o.status for o in result.objects} == {"HTTP 200"}
+    assert orthanc.has_all(o.sop_instance_uid for o in result.objects)
+
+
+class _PartialStowServer(http.server.BaseHTTPRequestHandler):
+    """A STOW-RS endpoint that answers 202 and lists only some of the posted objects.
+
+    Orthanc lists every object it was sent; this one, on a loopback port, answers as a
+    server does that keeps part of a request: the first object is listed as stored, the
+    second as failed (0xC000), the others are left out of the response.
+    """
+
+    def do_POST(self):  # noqa: N802 (the http.server interface)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        parts = [
+            part.split(b"\r\n\r\n", 1)[1]
+            for part in body.split(b"--" + _boundary(self.headers["Content-Type"]))[1:-1]
+        ]
+        uids = [str(pydicom.dcmread(io.BytesIO(p), force=True).SOPInstanceUID) for p in parts]
+        self.server.posted.extend(uids)
+        response = pydicom.Dataset()
+        stored, failed = pydicom.Dataset(), pydicom.Dataset()
+        stored.ReferencedSOPInstanceUID = uids[0]
+        failed.ReferencedSOPInstanceUID, failed.FailureReason = uids[1], 0xC000
+        response.ReferencedSOPSequence = [stored]
+        response.FailedSOPSequence = [failed]
+        payload = json.dumps(response.to_json_dict()).encode()
+        self.send_response(202)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def _boundary(content_type: str) -> bytes:
+    for field in content_type.split(";"):
+        key, _, value = field.strip().partition("=")
+        if key == "boundary":
+            return value.strip('"').encode()
+    raise AssertionError(f"no boundary in {content_type}")
+
+
+def test_stow_objects_left_out_of_the_response_or_failed_are_not_stored(nifti_outputs):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PartialStowServer)
+    server.posted = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        result = CliRunner().invoke(
+            main, ["send", str(nifti_outputs), "--stow", url, "--timeout", "10"]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    files = output_objects(nifti_outputs)
+    assert server.posted == _uids(files)  # all in one request (32 per request)
+    assert result.exit_code == 1, result.output
+    assert f"1 of {len(files)} object(s) stored in {url}" in result.output
+    rows = [line for line in result.output.splitlines() if ".dcm" in line]
+    assert len(rows) == len(files)
+    assert rows[0].startswith("stored") and files[0].name in rows[0]
+    assert rows[1].startswith("NOT STORED") and "failure reason 0xC000" in rows[1]
+    for row in rows[2:]:
+        assert row.startswith("NOT STORED") and "does not list it" in row
 
 
 def test_an_unknown_calling_title_is_not_stored(orthanc, nifti_outputs):

@@ -211,13 +211,29 @@ def test_a_taken_port_and_bad_options_are_clear_errors(node_factory, tiny_mri_bu
         NodeConfig(out=tmp_path, quiet_seconds=-1)
 
 
-def test_the_serve_command_answers_echo_and_stops_on_sigterm(pacs_tools, tiny_mri_bundle, tmp_path):
+def test_the_serve_command_forwards_results_to_orthanc_and_stops_on_sigterm(
+    orthanc, pacs_settings, tiny_mri_bundle, tmp_path
+):
     port = free_port()
     command = [
         *(sys.executable, "-c", "from medsi.cli import main; main()", "serve"),
-        *("--port", str(port), "--out", str(tmp_path / "out")),
-        *("--model", str(tiny_mri_bundle.path), "--allow", SCANNER_AET, "--quiet-seconds", "5"),
+        *("--port", str(port), "--out", str(tmp_path / "out"), "--forward", orthanc.destination),
+        *("--model", str(tiny_mri_bundle.path), "--allow", SCANNER_AET, "--quiet-seconds", "1"),
+        *("--threshold", repr(pacs_settings.threshold), "--termination", "oc"),
     ]
+    files = phantom_series(tmp_path / "series", seed=18)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+    def results_in_orthanc():
+        return {
+            modality
+            for modality in ("SEG", "SR")
+            if orthanc.post(
+                "/tools/find",
+                {"Level": "Series", "Query": {"StudyInstanceUID": study, "Modality": modality}},
+            )
+        }
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
         lines = []
@@ -233,11 +249,18 @@ def test_the_serve_command_answers_echo_and_stops_on_sigterm(pacs_tools, tiny_mr
                 check=False,
             )
             assert echo.returncode == 0
+            sent = storescu(port, files)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            found = wait_until(
+                lambda: results_in_orthanc() == {"SEG", "SR"}, 120, "the SEG and SR in Orthanc"
+            )
+            assert found
         finally:
             process.send_signal(signal.SIGTERM)
-            rest = process.communicate(timeout=30)[1]
+            rest = process.communicate(timeout=60)[1]
     text = "".join(lines) + rest
     assert process.returncode == 0, text
     assert f"listening as MEDSI on 127.0.0.1:{port}" in text
     assert f"accepting calling AE titles: {SCANNER_AET}" in text
     assert f"association from {SCANNER_AET}" in text and "stopped MEDSI" in text
+    assert f"stored in {orthanc.destination}" in text

@@ -67,6 +67,7 @@ def test_a_lesion_phantom_gives_a_report_and_a_native_label_map(
     assert report["input"]["shape"] == list(phantom.image.shape)
     assert report["model"]["content_hash"] == tiny_mri_bundle.content_hash
     assert report["html_report"] == "report.html" and files["html"].is_file()
+    assert files["report"].parent / report["label_map"] == files["labels"]
     assert len(report["lesions"]) == int(np.asarray(labels.dataobj).max())
     for lesion in report["lesions"]:
         lo, hi = lesion["p_selective_bounds"]
