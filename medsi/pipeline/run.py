@@ -25,6 +25,7 @@ from medsi.errors import ConfigError, InputDataError
 from medsi.pipeline.inference import LesionResult, assess_lesions, find_lesions, holm_adjust
 from medsi.pipeline.preprocess import PreparedScan, prepare_scan
 from medsi.pipeline.settings import RunSettings
+from medsi.si import Covariance
 from medsi.transforms.spatial import ModelGrid, default_model_grid, grid_to_native
 
 __all__ = [
@@ -104,6 +105,9 @@ class ScanAnalysis:
     grid_labels
         (P, H, W) int32 lesion ids on the model grid (0 background), as tested; None when
         not recorded.
+    covariance, reference_covariances
+        The noise covariance of a test slice and, per plane, that of its reference slice,
+        as the tests used them; None when not recorded.
     """
 
     scan: PreparedScan
@@ -121,6 +125,8 @@ class ScanAnalysis:
     reconstructions: np.ndarray | None = None
     score_maps: np.ndarray | None = None
     grid_labels: np.ndarray | None = None
+    covariance: Covariance | None = None
+    reference_covariances: list[Covariance] | None = None
 
     def lesion_records(self) -> list[dict]:
         """One JSON-ready record per lesion (DESIGN.md section 5)."""
@@ -447,6 +453,8 @@ def analyse_scan(
         reconstructions=reconstructions,
         score_maps=score_maps,
         grid_labels=labels.astype(np.int32),
+        covariance=covariance,
+        reference_covariances=reference_covariances,
     )
 
 
