@@ -220,8 +220,9 @@ def assess_lesions(
                 slices[window],
                 references[window],
                 region=mask[window],
-                # the budget counts slice images: a lesion on n planes gets 1/n of the points
-                max_evaluations=max(1, max_evaluations // len(planes)),
+                # the budget counts slice images, so a lesion's time is bounded whatever its
+                # extent (a slice is evaluated only where its known pieces miss the point)
+                max_evaluations=max_evaluations,
                 **search,
             )
             results.append(

@@ -69,7 +69,8 @@ class SearchSettings:
     batch_size
         K, points per batched evaluation.
     max_evaluations
-        Budget of line points.
+        Budget of model evaluations: line points, or what the evaluator's ``cost`` counts
+        (slice images for a stack of slices, see :func:`parametric_search`).
     on_budget
         ``"raise"``: needing more raises :class:`~medsi.errors.InferenceError`; ``"stop"``:
         the search stops at the budget with honest bounds and ``complete`` False.
@@ -130,7 +131,7 @@ class SearchOutcome:
     p_values, p_lower, p_upper
         (E,) the selective p (open gaps counted as outside) and its bounds.
     evaluations
-        Number of line points evaluated.
+        Model evaluations spent: line points, or what the evaluator's ``cost`` counts.
     batches
         Number of batched evaluations.
     complete
@@ -151,8 +152,13 @@ class SearchOutcome:
     complete: bool = True
 
 
-# evaluate(z) -> (lower, upper, flags (K, E) bool, degenerate (K,) bool)
+# evaluate(z) -> (lower, upper, flags (K, E) bool, degenerate (K,) bool); it may also have
+# evaluate.cost(z) -> (K,) int, the model evaluations each point would take (default 1 each)
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _unit_cost(points: np.ndarray) -> np.ndarray:
+    return np.ones(len(points), dtype=int)
 
 
 def _scale(z: np.ndarray, sigma: float) -> np.ndarray:
@@ -218,7 +224,11 @@ def parametric_search(
     evaluate
         Called with a (K,) array of points; returns ``(lower, upper, flags, degenerate)``
         with the interval of constant decisions around each point, (K, E) bool event
-        flags, and (K,) bool flags for points lying exactly on a decision boundary.
+        flags, and (K,) bool flags for points lying exactly on a decision boundary. If it
+        has a ``cost`` method, ``evaluate.cost(points)`` gives the (K,) model evaluations
+        each point would take now (a stack of slices evaluates only the slices whose known
+        pieces miss the point); the budget counts those, otherwise one per point. The
+        observed point is evaluated whatever the budget when ``on_budget="stop"``.
     z_obs
         The observed statistic, a point of every event's truncation set.
     sigma
@@ -255,16 +265,21 @@ def parametric_search(
     unresolvable: set[tuple[float, float]] = set()
     retries: list[tuple[float, float, int]] = []  # (point, direction, attempt)
 
-    def run(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    cost_of = getattr(evaluate, "cost", _unit_cost)
+
+    def run(
+        points: np.ndarray, cost: int | None = None, check_budget: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         nonlocal evaluations, batches
-        if evaluations + len(points) > settings.max_evaluations:
+        cost = int(cost_of(points).sum()) if cost is None else cost
+        if check_budget and evaluations + cost > settings.max_evaluations:
             raise InferenceError(
                 f"the search needs more than max_evaluations={settings.max_evaluations} model "
                 f"evaluations (spent {evaluations}); raise the budget, or use termination "
                 "'decision' or 'precision'."
             )
         lower, upper, flags, degenerate = evaluate(points)
-        evaluations += len(points)
+        evaluations += cost
         if on_batch is not None:
             on_batch(len(points))
         batches += 1
@@ -278,7 +293,9 @@ def parametric_search(
             )
         return lower, upper, np.asarray(flags, bool).reshape(len(points), n_events), degenerate
 
-    lower, upper, flags, degenerate = run(np.array([z_obs]))
+    lower, upper, flags, degenerate = run(
+        np.array([z_obs]), check_budget=settings.on_budget != "stop"
+    )
     if degenerate[0]:
         raise InferenceError(
             f"the observed statistic z={z_obs} lies exactly on a decision boundary of the model; "
@@ -306,9 +323,12 @@ def parametric_search(
         )
         if not len(points):
             break  # only gaps below floating-point resolution are left
-        if settings.on_budget == "stop" and evaluations + len(points) > settings.max_evaluations:
-            points = points[: settings.max_evaluations - evaluations]
-            directions = directions[: len(points)]
+        costs = cost_of(points)
+        if settings.on_budget == "stop" and evaluations + costs.sum() > settings.max_evaluations:
+            # the points are in order of priority: keep those that fit
+            keep = int(np.searchsorted(np.cumsum(costs), settings.max_evaluations - evaluations,
+                                       side="right"))  # fmt: skip
+            points, directions, costs = points[:keep], directions[:keep], costs[:keep]
             if not len(points):
                 complete = False
                 break
@@ -316,7 +336,7 @@ def parametric_search(
         attempts = np.zeros(len(points), dtype=int)
         attempts[: min(len(retries), len(points))] = [r[2] for r in retries][: len(points)]
         retries = []
-        lower, upper, flags, degenerate = run(points)
+        lower, upper, flags, degenerate = run(points, int(costs.sum()))
         good = ~np.asarray(degenerate, bool)
         for point, direction, attempt in zip(
             points[~good], directions[~good], attempts[~good] + 1, strict=True

@@ -377,7 +377,8 @@ class SelectiveTest:
         batch_size
             Line points per batched model evaluation.
         max_evaluations
-            Budget of line points searched.
+            Budget of model evaluations: slice images (a stack of S slices costs at most S
+            per line point, less where a slice's known pieces already hold the point).
         on_budget
             ``"raise"`` (an :class:`~medsi.errors.InferenceError` when the budget is not
             enough) or ``"stop"`` (stop there; ``complete`` is False, bounds still hold).
@@ -422,6 +423,8 @@ class SelectiveTest:
                 pieces = line(z)
                 bar.update(line.evaluations - before)
                 return pieces
+
+            evaluate.cost = line.cost  # the budget counts slice images, not line points
 
             outcome: SearchOutcome = parametric_search(evaluate, statistic, sigma, settings)
         alt = settings.alternative

@@ -106,6 +106,18 @@ class StackedLine:
         component = ~(in_region & ~flat).any(1) & ~(on_boundary & flat).any(1)
         return np.stack([full, component], axis=1)
 
+    def cost(self, z: np.ndarray) -> np.ndarray:
+        """(K,) slice images that evaluating each point z would take now.
+
+        A slice is evaluated at a point only when none of its known pieces holds the point,
+        so this is what :meth:`__call__` will add to ``evaluations`` for these points.
+        """
+        z = np.asarray(z, dtype=np.float64).reshape(-1)
+        missing = np.zeros(len(z), dtype=int)
+        for known in self.pieces:
+            missing += known.find(z)[0] < 0
+        return missing
+
     def __call__(self, z: np.ndarray):
         """Pieces of the whole stack at points z: (lower, upper, flags (K, 2), degenerate)."""
         z = np.asarray(z, dtype=np.float64).reshape(-1)

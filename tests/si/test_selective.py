@@ -278,6 +278,45 @@ def test_search_on_a_known_piecewise_line():
     assert out.pieces[:, 0].min() < -7 and out.pieces[:, 1].max() > 7
 
 
+def _grid_line(z):
+    lo = np.floor(z * 2) / 2
+    inside = (lo >= -1) & (lo + 0.5 <= 1)
+    return lo, lo + 0.5, np.stack([inside, inside], 1), np.zeros(len(z), bool)
+
+
+@pytest.mark.parametrize("on_budget", ["stop", "raise"])
+def test_the_budget_counts_what_the_evaluator_says_each_point_costs(on_budget):
+    points = []
+
+    def evaluate(z):
+        points.extend(z)
+        return _grid_line(z)
+
+    # each point costs 3 model evaluations (three slices that all move, say)
+    evaluate.cost = lambda z: np.full(len(z), 3)
+    settings = SearchSettings(batch_size=4, max_evaluations=20, on_budget=on_budget)
+    if on_budget == "raise":
+        with pytest.raises(InferenceError, match="max_evaluations=20"):
+            parametric_search(evaluate, 0.3, 1.0, settings)
+        return
+    out = parametric_search(evaluate, 0.3, 1.0, settings)
+    assert not out.complete
+    assert out.evaluations == 3 * len(points) and out.evaluations <= 20
+    assert len(points) == 6  # the observed point, then 5 more that fit in 20
+    lo, hi = out.p_lower[0], out.p_upper[0]
+    assert lo <= selective_p_value([[-1.0, 1.0]], 0.3, 1.0) <= hi
+
+
+def test_points_that_cost_nothing_do_not_use_the_budget():
+    def free(z):
+        return _grid_line(z)
+
+    free.cost = lambda z: np.zeros(len(z), dtype=int)
+    out = parametric_search(free, 0.3, 1.0, SearchSettings(batch_size=8, max_evaluations=1))
+    assert out.complete and out.evaluations == 0
+    assert out.truncation_sets[0].tolist() == [[-1.0, 1.0]]
+
+
 def test_search_guard_rail_stall():
     # zero-length intervals never cover anything: the search must stop with an error
     with pytest.raises(InferenceError, match="stalled"):

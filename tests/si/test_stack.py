@@ -144,3 +144,29 @@ def test_stack_null_p_values_are_uniform(score):
         res = test.run(x, r, region=regions[0], termination="precision", precision=1e-3)
         ps.append(res.p_full)
     assert stats.kstest(ps, "uniform").pvalue > 0.01
+
+
+def test_the_budget_counts_slice_images_and_the_cost_is_what_a_batch_takes(score):
+    test = SelectiveTest(score, THRESHOLD, covariance=Isotropic(1.0))
+    x, r, region = _stack_with_multislice_region(test, 1)
+    moving = int(region.any(axis=(1, 2)).sum())
+    assert moving >= 2
+    line = test.line(x, r, region).line
+    z = np.linspace(-1.0, 1.0, 7)
+    predicted = line.cost(z)
+    assert predicted.tolist() == [moving] * len(z)  # nothing known yet
+    line(z)
+    assert line.evaluations == predicted.sum()
+    again = line.cost(z)  # every slice knows a piece around each of these points now
+    assert again.tolist() == [0] * len(z)
+    line(z)
+    assert line.evaluations == predicted.sum()
+
+    budget = 40
+    res = test.run(x, r, region=region, termination="exhaustive", max_evaluations=budget,
+                   on_budget="stop", batch_size=4)  # fmt: skip
+    assert not res.complete and res.evaluations <= budget
+    assert res.evaluations > budget - moving  # it stopped when the next point did not fit
+    lo, hi = res.p_bounds
+    exact = test.run(x, r, region=region, termination="exhaustive")
+    assert lo <= exact.p_selective <= hi
