@@ -8,6 +8,10 @@ fronts); gaps are served in order of their weight, the null probability mass the
 hold relative to the mass already known to be in the truncation set on the same side
 of the observed statistic. So the search starts at the observed statistic and grows
 outward by probability mass, and with K > 1 one p-value fills a batched forward pass.
+With ``decision`` and ``precision`` the seeds first go near the truncation set found so far
+(within 3 sigma^2 / |z_obs|, where the null density changes by e^3), since a statistic far
+in the tail is decided by how far that set reaches; once that window is covered, seeds
+follow the mass of whole gaps again.
 
 Termination:
 
@@ -50,6 +54,7 @@ EXHAUSTIVE_RELATIVE_MASS = 1e-12
 _STEP = 1e-10  # how far past an interval end the next point goes, relative to max(|z|, sigma)
 _UNRESOLVABLE = 1e-13  # gaps narrower than this (relative) are below floating-point resolution
 _MAX_RETRIES = 4
+_SEED_WINDOW = 3.0  # decision/precision seeds first go within 3 sigma^2/|z_obs| of the set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,8 +323,11 @@ def parametric_search(
         gaps = iv.complement(pieces)
         if _finished(sets, gaps, unresolvable, z_obs, sigma, settings):
             break
+        window = None
+        if settings.termination in (Termination.DECISION, Termination.PRECISION):
+            window = _seed_window(sets, z_obs, sigma)
         points, directions = _choose_points(
-            gaps, unresolvable, retries, sets[0], z_obs, sigma, k_max
+            gaps, unresolvable, retries, sets[0], z_obs, sigma, k_max, window
         )
         if not len(points):
             break  # only gaps below floating-point resolution are left
@@ -416,8 +424,28 @@ def _finished(sets, gaps, unresolvable, z_obs, sigma, settings) -> bool:
             raise ConfigError(f"unknown termination {settings.termination!r}")
 
 
-def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max):
-    """Up to k_max points: retries first, then fronts and seeds by gap weight."""
+def _seed_window(sets, z_obs: float, sigma: float) -> tuple[float, float]:
+    """Where the seeds of ``decision`` and ``precision`` go first: near the truncation set.
+
+    A statistic far in the tail is decided by how far the truncation set reaches from it:
+    the null density changes by a factor e^c over c sigma^2 / |z_obs| there, so mass quantiles
+    of a whole gap (near 0) would spend the budget where the p bounds barely move. Seeds go
+    within that distance (c = 3) of the known truncation set, as parallel fronts walking
+    outward; once the window is covered, gaps get seeds by mass again.
+    """
+    known = [s for s in sets if len(s)]
+    lower = min(float(s[0, 0]) for s in known) if known else z_obs
+    upper = max(float(s[-1, 1]) for s in known) if known else z_obs
+    reach = _SEED_WINDOW * sigma**2 / max(abs(z_obs), sigma)
+    return lower - reach, upper + reach
+
+
+def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max, window=None):
+    """Up to k_max points: retries first, then fronts and seeds by gap weight.
+
+    ``window``: (lower, upper) to which the seeds of each gap are confined where the gap
+    overlaps it widely enough; None places seeds over whole gaps.
+    """
     points = [r[0] for r in retries][:k_max]
     directions = [r[1] for r in retries][:k_max]
     gaps = gaps[_resolvable(gaps, unresolvable, sigma)]
@@ -457,7 +485,12 @@ def _choose_points(gaps, unresolvable, retries, in_set, z_obs, sigma, k_max):
                 if count <= 0:
                     continue
                 fractions = np.arange(1, count + 1) / (count + 1)
-                seeds = _quantiles_in_gap(gaps[i, 0], gaps[i, 1], fractions, sigma)
+                lo, hi = gaps[i]
+                if window is not None:
+                    near = max(lo, window[0]), min(hi, window[1])
+                    if near[1] - near[0] > 64 * step[i]:
+                        lo, hi = near
+                seeds = _quantiles_in_gap(lo, hi, fractions, sigma)
                 seeds = seeds[(seeds > gaps[i, 0]) & (seeds < gaps[i, 1]) & np.isfinite(seeds)]
                 points.extend(seeds.tolist())
                 directions.extend([1.0] * len(seeds))
