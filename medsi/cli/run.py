@@ -203,12 +203,21 @@ def run(
     help="Folder for the phantom and the results.",
 )
 @click.option("--lesions", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--baseline/--bank",
+    default=True,
+    show_default=True,
+    help="Compare with a lesion-free earlier scan of the same subject (a follow-up, as "
+    "--reference does), or with the model's reference bank of other subjects (as medsi run "
+    "does without --reference; anatomy differs, so the tests are far less powerful).",
+)
 @_common_options
-def demo(output, lesions, model, quiet, **options) -> None:
+def demo(output, lesions, baseline, model, quiet, **options) -> None:
     """Make a FLAIR-like phantom with known lesions, analyse it, and score the findings.
 
-    The phantom (and its ground truth) is written to OUTPUT/phantom, the results to OUTPUT;
-    a table says, for each inserted lesion, whether medsi found it and its Holm-adjusted p.
+    The phantom (and its ground truth, and the baseline scan) is written to OUTPUT/phantom,
+    the results to OUTPUT; a table says, for each inserted lesion, whether medsi found it and
+    its Holm-adjusted p.
     """
     import json
 
@@ -223,8 +232,17 @@ def demo(output, lesions, model, quiet, **options) -> None:
     settings = RunSettings(**options)
     log = (lambda _: None) if quiet else (lambda m: click.echo(m, err=True))
     log(f"making a phantom with {lesions} lesion(s) in {output / 'phantom'}")
-    files = make_demo_phantom(output / "phantom", seed=settings.seed, lesions=lesions)
-    analysis = analyse_scan(files["image"], _bundle(model), settings, progress=not quiet, log=log)
+    files = make_demo_phantom(
+        output / "phantom", seed=settings.seed, lesions=lesions, baseline=baseline
+    )
+    analysis = analyse_scan(
+        files["image"],
+        _bundle(model),
+        settings,
+        reference=files["baseline"],
+        progress=not quiet,
+        log=log,
+    )
     write_outputs(analysis, output)
     truth = np.asarray(nib.load(files["lesion_labels"]).dataobj)
     rows = match_lesions(truth, analysis)
@@ -237,3 +255,4 @@ def demo(output, lesions, model, quiet, **options) -> None:
         click.echo(f"{r['truth_id']:>11} {r['voxels']:>7} {found:>10} {r['overlap']:>8.2f} {p:>8}")
     detected = sum(r["detected"] for r in rows)
     click.echo(f"{detected} of {len(rows)} inserted lesion(s) detected (significant after Holm).")
+    click.echo(f"Reference: {analysis.reference}.")

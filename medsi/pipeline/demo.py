@@ -5,6 +5,7 @@ The findings are scored against the ground truth the phantom was made with.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -12,16 +13,36 @@ import numpy as np
 
 from medsi.pipeline.run import ScanAnalysis
 
-__all__ = ["make_demo_phantom", "match_lesions"]
+__all__ = ["make_demo_phantom", "match_lesions", "BASELINE_NOISE_SEED_OFFSET"]
 
 
-def make_demo_phantom(folder: str | os.PathLike, seed: int = 0, lesions: int = 3) -> dict:
+BASELINE_NOISE_SEED_OFFSET = 10_000
+"""The baseline scan's noise seed is the phantom's seed plus this: independent noise."""
+
+
+def make_demo_phantom(
+    folder: str | os.PathLike, seed: int = 0, lesions: int = 3, baseline: bool = False
+) -> dict:
     """Write a FLAIR-like phantom with ``lesions`` hyperintense lesions into ``folder``.
+
+    Parameters
+    ----------
+    folder
+        Where to write (created).
+    seed
+        Seed of the subject and its lesions.
+    lesions
+        Number of lesions.
+    baseline
+        Also write ``demo_baseline_flair.nii.gz``: the same subject without lesions, with
+        independent noise, as an earlier scan of the same patient would show it (the
+        ``--reference`` of a follow-up).
 
     Returns
     -------
     dict
-        The files of :func:`medsi.data.save_phantom` (``image``, ``lesion_labels``, ...).
+        The files of :func:`medsi.data.save_phantom` (``image``, ``lesion_labels``, ...),
+        and ``baseline`` (a path, or None).
     """
     from medsi.data import LesionConfig, PhantomConfig, make_phantom, save_phantom
 
@@ -29,7 +50,16 @@ def make_demo_phantom(folder: str | os.PathLike, seed: int = 0, lesions: int = 3
     phantom = make_phantom(seed, config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return save_phantom(phantom, folder, stem="demo")
+    files = save_phantom(phantom, folder, stem="demo")
+    files["baseline"] = None
+    if baseline:
+        # lesions are drawn after the anatomy, so the same seed without them is the same head
+        normal = make_phantom(
+            seed, dataclasses.replace(config, lesions=None),
+            noise_seed=seed + BASELINE_NOISE_SEED_OFFSET,
+        )  # fmt: skip
+        files["baseline"] = save_phantom(normal, folder, stem="demo_baseline")["image"]
+    return files
 
 
 def match_lesions(truth: np.ndarray, analysis: ScanAnalysis) -> list[dict]:

@@ -156,6 +156,15 @@ def test_demo_scores_findings_against_the_truth(tiny_mri_bundle, tmp_path):
     rows = json.loads((out / "demo.json").read_text())
     assert [r["truth_id"] for r in rows] == [1, 2]
     assert (out / "phantom" / "demo_lesions.nii.gz").is_file() and (out / "report.json").is_file()
+    # the default compares with a lesion-free scan of the same subject
+    baseline = out / "phantom" / "demo_baseline_flair.nii.gz"
+    assert f"Reference: the reference scan {baseline} (--reference)" in result.output
+    follow_up = np.asarray(nib.load(out / "phantom" / "demo_flair.nii.gz").dataobj)
+    earlier = np.asarray(nib.load(baseline).dataobj)
+    lesion = np.asarray(nib.load(out / "phantom" / "demo_lesions.nii.gz").dataobj) > 0
+    assert np.asarray(nib.load(out / "phantom" / "demo_baseline_lesions.nii.gz").dataobj).max() == 0
+    assert follow_up[lesion].mean() > 1.2 * earlier[lesion].mean()  # new lesions, same head
+    assert np.corrcoef(follow_up[~lesion].ravel(), earlier[~lesion].ravel())[0, 1] > 0.99
     # match_lesions on a hand-made case
     truth = np.zeros((4, 4, 4), np.int16)
     truth[0, 0, 0] = 1
