@@ -52,7 +52,7 @@ def _common_options(function):
         click.option(
             "--max-evaluations",
             type=click.IntRange(min=1),
-            default=256,
+            default=1024,
             show_default=True,
             help="Model evaluations (slice images) per lesion; a search stopped there decides "
             "by its p's upper bound.",

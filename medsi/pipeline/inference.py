@@ -159,8 +159,12 @@ def assess_lesions(
         (P, H, W) lesion ids from :func:`find_lesions` on the selection of ``slices``.
     unit
         The ``unit`` the labels were found with.
-    event, termination, alternative, alpha, precision, batch_size
+    event, termination, alternative, precision, batch_size
         As :meth:`medsi.si.SelectiveTest.run`.
+    alpha
+        Significance level of the scan's Holm procedure; ``termination="decision"`` searches
+        each lesion until its p is certainly above or below ``alpha / m`` (m lesions), the
+        level Holm's first step compares with.
     max_evaluations
         Budget of model evaluations (slice images) per lesion, so that the time per lesion
         is bounded whatever its extent; a search that reaches it stops there with honest
@@ -188,7 +192,9 @@ def assess_lesions(
         "event": event,
         "termination": termination,
         "alternative": alternative,
-        "alpha": alpha,
+        # Holm compares the smallest p with alpha / m: a search that stops once its p is
+        # certainly on one side of alpha / m decides what Holm needs of the strongest lesions
+        "alpha": alpha / count,
         "precision": precision,
         "batch_size": batch_size,
         "on_budget": "stop",

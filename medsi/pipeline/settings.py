@@ -73,7 +73,7 @@ class RunSettings:
     alternative: str = "two-sided"
     precision: float = 1e-3
     batch_size: int = 32
-    max_evaluations: int = 256
+    max_evaluations: int = 1024
     standardisation: str = "median-mad"
     device: str = "cpu"
     search_workers: int = 1
