@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,62 @@ def test_batchnorm_is_folded_into_the_same_function():
     with torch.no_grad():
         expected = net(torch.as_tensor(x).unsqueeze(1))[:, 0].numpy()
     np.testing.assert_allclose(evaluator.score_map(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 5, 3, padding=1),
+        nn.Conv2d(2, 4, 3, padding=1, bias=False),
+        nn.Conv2d(4, 2, (3, 5), padding=(1, 2)),
+        nn.Conv2d(3, 3, 1),
+        nn.Conv2d(2, 3, 3),  # no padding: the output shrinks
+    ],
+    ids=["3x3", "no-bias", "3x5", "1x1", "valid"],
+)
+@pytest.mark.parametrize("batch", [1, 2, 9])
+def test_shifted_convolution_is_the_same_linear_map(conv, batch):
+    from medsi.si.line import ShiftedConv2d
+
+    torch.manual_seed(1)
+    conv = conv.double()
+    assert ShiftedConv2d.fits(conv)
+    shifted = ShiftedConv2d(conv)
+    x = torch.randn(batch, conv.in_channels, 10, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = conv(x)
+        got = shifted(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for other in (
+        nn.Conv2d(2, 2, 3, stride=2),
+        nn.Conv2d(2, 2, 3, dilation=2),
+        nn.Conv2d(2, 2, 3, groups=2),
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(2, 2, 3, padding="same"),
+    ):
+        assert not ShiftedConv2d.fits(other)
+
+
+def test_the_cpu_evaluator_gives_the_pieces_of_plain_convolutions():
+    from medsi.si.line import ShiftedConv2d
+
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1)
+    ).double()
+    evaluator = LineEvaluator(net, threshold=0.1)
+    assert sum(isinstance(m, ShiftedConv2d) for m in evaluator.score.modules()) == 2
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 8, 8)), rng.normal(size=(6, 8, 8))
+    z = rng.normal(size=6)
+    shifted = evaluator.evaluate(a, b, z)
+    plain = LineEvaluator(net, threshold=0.1)
+    plain.score = copy.deepcopy(net)  # torch's own convolutions
+    expected = plain.evaluate(a, b, z)
+    assert (shifted.selected == expected.selected).all()
+    np.testing.assert_allclose(shifted.lower, expected.lower, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(shifted.upper, expected.upper, rtol=1e-9, atol=1e-12)
 
 
 def test_mask_restricts_selection_and_threshold_decisions():
