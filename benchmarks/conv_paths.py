@@ -40,8 +40,9 @@ def main() -> int:
     bundle = load_bundle(default_bundle_path())
     evaluator = LineEvaluator(bundle.score(signed=True), bundle.config["score"]["threshold"])
     rng = np.random.default_rng(0)
-    paths = {"Conv2d": 10**9, "ShiftedConv2d": 1}  # ShiftedConv2d.min_batch for each path
-    default_min_batch = ShiftedConv2d.min_batch
+    # (min_batch, min_work) of ShiftedConv2d for each path
+    paths = {"Conv2d": (10**9, 0), "ShiftedConv2d": (1, 0)}
+    default = ShiftedConv2d.min_batch, ShiftedConv2d.min_work
     rows = []
     for k in args.batch_sizes:
         a = rng.normal(size=(k, 64, 64))
@@ -50,8 +51,8 @@ def main() -> int:
         times = {name: [] for name in paths}
         pieces = {}
         for _ in range(args.repeats + 1):  # the first round warms up
-            for name, min_batch in paths.items():
-                ShiftedConv2d.min_batch = min_batch
+            for name, (min_batch, min_work) in paths.items():
+                ShiftedConv2d.min_batch, ShiftedConv2d.min_work = min_batch, min_work
                 start = time.perf_counter()
                 pieces[name] = evaluator.evaluate(a, b, z)
                 times[name].append((time.perf_counter() - start) / k * 1000)
@@ -69,7 +70,7 @@ def main() -> int:
             f"{'yes' if same else 'NO'} | {moved:.1e} |"
         )
         print(rows[-1], flush=True)
-    ShiftedConv2d.min_batch = default_min_batch
+    ShiftedConv2d.min_batch, ShiftedConv2d.min_work = default
     lines = [
         f"### float64 convolution paths, default MRI model at 64 x 64, {time.strftime('%Y-%m-%d')}",
         "",
@@ -83,7 +84,8 @@ def main() -> int:
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        f"medsi uses ShiftedConv2d on the CPU for batches of {default_min_batch} or more.",
+        f"medsi uses ShiftedConv2d on the CPU for calls of {default[0]} or more images and "
+        f"{default[1]} or more multiply-adds per kernel offset (smaller ones keep Conv2d).",
         "",
     ]
     text = "\n".join(lines)

@@ -101,11 +101,13 @@ class ShiftedConv2d(nn.Module):
     CPU: torch runs float64 convolutions through a generic im2col path, which is slow for
     the few channels and large images of a diffusion U-Net, and slower per image as the
     batch grows; a matrix product over the channels per kernel offset is up to ~2x faster
-    on batches of many images (benchmarks/si_engine.py). Small batches keep the
-    convolution, where it is as fast.
+    on batches of many images (benchmarks/conv_paths.py). Small calls (fewer than
+    ``min_batch`` images, or fewer than ``min_work`` multiply-adds per kernel offset) keep
+    the convolution, which is faster there.
     """
 
     min_batch = 2
+    min_work = 2**20
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
@@ -129,7 +131,8 @@ class ShiftedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve (B, C, H, W) images."""
-        if x.shape[0] < self.min_batch:
+        work = x.shape[0] * x.shape[2] * x.shape[3] * self.weight.shape[0] * self.weight.shape[1]
+        if x.shape[0] < self.min_batch or work < self.min_work:
             return F.conv2d(x, self.weight, self.bias, padding=self.padding)
         kh, kw = self.weight.shape[2:]
         ph, pw = self.padding

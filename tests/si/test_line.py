@@ -107,9 +107,10 @@ def test_batchnorm_is_folded_into_the_same_function():
     ids=["3x3", "no-bias", "3x5", "1x1", "valid"],
 )
 @pytest.mark.parametrize("batch", [1, 2, 9])
-def test_shifted_convolution_is_the_same_linear_map(conv, batch):
+def test_shifted_convolution_is_the_same_linear_map(conv, batch, monkeypatch):
     from medsi.si.line import ShiftedConv2d
 
+    monkeypatch.setattr(ShiftedConv2d, "min_work", 0)  # these calls are small
     torch.manual_seed(1)
     conv = conv.double()
     assert ShiftedConv2d.fits(conv)
@@ -130,9 +131,10 @@ def test_shifted_convolution_is_the_same_linear_map(conv, batch):
         assert not ShiftedConv2d.fits(other)
 
 
-def test_the_cpu_evaluator_gives_the_pieces_of_plain_convolutions():
+def test_the_cpu_evaluator_gives_the_pieces_of_plain_convolutions(monkeypatch):
     from medsi.si.line import ShiftedConv2d
 
+    monkeypatch.setattr(ShiftedConv2d, "min_work", 0)
     torch.manual_seed(2)
     net = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1)
