@@ -34,19 +34,38 @@ def main() -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--model",
+        choices=["default", "paper", "tiny"],
+        default="default",
+        help="the default MRI bundle (64 x 64), or untrained PL U-Nets with the paper's "
+        "channels (32-64-128-256) or tiny ones (8-16) at --size",
+    )
+    parser.add_argument("--size", type=int, default=8, help="image side for paper and tiny")
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = load_bundle(default_bundle_path())
-    evaluator = LineEvaluator(bundle.score(signed=True), bundle.config["score"]["threshold"])
+    if args.model == "default":
+        bundle = load_bundle(default_bundle_path())
+        size, name = 64, "default MRI model at 64 x 64"
+        evaluator = LineEvaluator(bundle.score(signed=True), bundle.config["score"]["threshold"])
+    else:
+        from medsi.model import AnomalyScore, DDIMReconstruction, PLUNet
+
+        channels = (32, 64, 128, 256) if args.model == "paper" else (8, 16)
+        unet = PLUNet(channels=channels)
+        score = AnomalyScore(DDIMReconstruction(unet, seed=0)).double().eval()
+        size = args.size
+        name = f"PL U-Net {'-'.join(map(str, channels))} at {size} x {size} (random weights)"
+        evaluator = LineEvaluator(score, 0.8)
     rng = np.random.default_rng(0)
     # (min_batch, min_work) of ShiftedConv2d for each path
     paths = {"Conv2d": (10**9, 0), "ShiftedConv2d": (1, 0)}
     default = ShiftedConv2d.min_batch, ShiftedConv2d.min_work
     rows = []
     for k in args.batch_sizes:
-        a = rng.normal(size=(k, 64, 64))
-        b = rng.normal(size=(k, 64, 64)) * 0.01
+        a = rng.normal(size=(k, size, size))
+        b = rng.normal(size=(k, size, size)) * 0.01
         z = rng.normal(size=k) * 0.1
         times = {name: [] for name in paths}
         pieces = {}
@@ -72,12 +91,12 @@ def main() -> int:
         print(rows[-1], flush=True)
     ShiftedConv2d.min_batch, ShiftedConv2d.min_work = default
     lines = [
-        f"### float64 convolution paths, default MRI model at 64 x 64, {time.strftime('%Y-%m-%d')}",
+        f"### float64 convolution paths, {name}, {time.strftime('%Y-%m-%d')}",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} thread(s); median of {args.repeats}, the two paths alternating.",
-        f"Command: `python benchmarks/conv_paths.py --repeats {args.repeats} "
-        f"--threads {args.threads}`",
+        f"Command: `python benchmarks/conv_paths.py --model {args.model} --size {args.size} "
+        f"--repeats {args.repeats} --threads {args.threads}`",
         "",
         "| K (slice images per batch) | Conv2d ms/image | ShiftedConv2d ms/image | speed-up "
         "| same selections | largest change of a piece end (share of its width) |",
