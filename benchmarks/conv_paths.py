@@ -13,13 +13,11 @@ compared too.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _report import machine, publish
 
 
 def main() -> int:
@@ -93,7 +91,7 @@ def main() -> int:
     lines = [
         f"### float64 convolution paths, {name}, {time.strftime('%Y-%m-%d')}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Machine: {machine()}, torch {torch.__version__}, "
         f"{args.threads} thread(s); median of {args.repeats}, the two paths alternating.",
         f"Command: `python benchmarks/conv_paths.py --model {args.model} --size {args.size} "
         f"--repeats {args.repeats} --threads {args.threads}`",
@@ -107,11 +105,7 @@ def main() -> int:
         f"{default[1]} or more multiply-adds per kernel offset (smaller ones keep Conv2d).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write("\n" + text)
+    publish("\n".join(lines), args.record)
     return 0
 
 

@@ -18,14 +18,13 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import machine, publish
 
 
 def analyse_phantom(seed: int, baseline: bool) -> dict:
@@ -107,8 +106,7 @@ def main() -> int:
         f"### `medsi demo` detection over {len(rows)} phantoms, reference: {reference}, "
         f"{time.strftime('%Y-%m-%d')}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; {args.workers} worker process(es) of one thread.",
+        f"Machine: {machine()}; {args.workers} worker process(es) of one thread.",
         f"Command: `python benchmarks/demo_detection.py --seeds "
         f"{' '.join(map(str, args.seeds))}{' --bank' if args.bank else ''} "
         f"--workers {args.workers}`",
@@ -133,11 +131,7 @@ def main() -> int:
         f"(inference {np.median(inference):.0f} s).",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write("\n" + text)
+    publish("\n".join(lines), args.record)
     return 0
 
 

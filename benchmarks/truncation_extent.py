@@ -19,8 +19,6 @@ at least that long.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from _report import machine, publish
 
 REFERENCES = {
     "bank": "the bundle's reference bank (other subjects)",
@@ -146,8 +145,7 @@ def main() -> int:
     lines = [
         f"### Reach of the truncation set around true lesions, {time.strftime('%Y-%m-%d')}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; {time.perf_counter() - start:.0f} s in all.",
+        f"Machine: {machine()}; {time.perf_counter() - start:.0f} s in all.",
         f"Command: `python benchmarks/truncation_extent.py --seeds "
         f"{' '.join(map(str, args.seeds))} --max-points {args.max_points} "
         f"--reference {args.reference}`",
@@ -164,11 +162,7 @@ def main() -> int:
         *rows,
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write("\n" + text)
+    publish("\n".join(lines), args.record)
     return 0
 
 
